@@ -1,0 +1,161 @@
+"""`refine`: command-line entry point."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from refine import __version__
+
+DESCRIPTION = """\
+A RefinedWeb-style web-corpus refinery: WARC (or WET, JSONL, Parquet) in, filtered Parquet out,
+with every dropped record written to RUN/rejected/ with its stage and reason."""
+
+RUN_EPILOG = """\
+The run directory holds data/ (kept documents, Parquet), rejected/ (one row per dropped
+record), stats.json (per stage: in/out, reasons, CPU) and manifest.json (resolved config and
+its hash, inputs, versions, per-input completion).
+
+examples:
+  refine run configs/refinedweb.yaml --input 'crawl/*.warc.gz' --output runs/cc
+  refine run configs/demo.yaml --input tests/data/warc/*.warc.gz --output runs/demo --workers 2
+  refine run configs/refinedweb.yaml --input s3://bucket/warc/*.warc.gz --output runs/s3 \\
+      --address auto      # on an existing Ray cluster
+"""
+
+EXIT_OK, EXIT_ERROR, EXIT_STRICT = 0, 2, 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="refine", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"refine {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run", help="run the refinement DAG over inputs into a run directory",
+        description="Run stages 1-7 and 11 of RefinedWeb's MacroData Refinement on Ray.",
+        epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("config", help="YAML config (see configs/refinedweb.yaml)")
+    run.add_argument("--input", "-i", nargs="+", required=True, metavar="PATH_OR_GLOB",
+                     help="input files or globs: .warc[.gz], .wet[.gz], .jsonl[.gz], .parquet; "
+                          "local paths or s3://, gs:// URLs")
+    run.add_argument("--output", "-o", required=True, metavar="RUN", help="run directory")
+    run.add_argument("--address", default=None,
+                     help="Ray cluster address ('auto' or host:port); default: start a local Ray")
+    run.add_argument("--workers", type=int, default=2,
+                     help="worker actors, each holding its models once (default: 2)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue an interrupted run: finished units are not processed again")
+    run.add_argument("--overwrite", action="store_true", help="delete RUN first if it exists")
+    run.add_argument("--strict", action="store_true",
+                     help=f"exit {EXIT_STRICT} when any record was corrupt or truncated")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    stats = commands.add_parser("stats", help="print a run's statistics")
+    stats.add_argument("run_dir", metavar="RUN")
+    stats.add_argument("--json", action="store_true", help="print stats.json as JSON")
+
+    blocklist = commands.add_parser("blocklist", help="manage the UT1 domain blocklist")
+    block_commands = blocklist.add_subparsers(dest="blocklist_command", required=True)
+    update = block_commands.add_parser(
+        "update", help="download UT1's current lists (needs internet) into a directory")
+    update.add_argument("--dest", required=True, help="directory for ut1-domains.txt.xz etc.; "
+                        "point url.blocklist_path in your config at it")
+    return parser
+
+
+def _command_run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from refine.config import load_config
+    from refine.run import run
+
+    config = load_config(args.config)  # fails before any work starts
+    bar = None if args.quiet else tqdm(unit="unit", desc="refine", dynamic_ncols=True)
+    totals = {"read": 0, "kept": 0}
+
+    def on_unit(summary: dict[str, Any], done: int, total: int) -> None:
+        totals["read"] += summary["read"]
+        totals["kept"] += summary["kept"]
+        if bar is not None:
+            bar.total = total
+            bar.n = done
+            bar.set_postfix(docs=totals["read"], kept=totals["kept"], refresh=False)
+            bar.refresh()
+
+    result = run(config, args.input, args.output, workers=args.workers, address=args.address,
+                 resume=args.resume, overwrite=args.overwrite, on_unit=on_unit)
+    if bar is not None:
+        bar.close()
+    if result.units_skipped:
+        print(f"resumed: {result.units_skipped} of {result.units_total} units were already done")
+    print(format_summary(result.stats))
+    if result.warnings:
+        print(f"\nwarning: {len(result.warnings)} record problem(s), all in rejected/:",
+              file=sys.stderr)
+        for line in result.warnings[:20]:
+            print(f"  {line}", file=sys.stderr)
+        if args.strict:
+            return EXIT_STRICT
+    return EXIT_OK
+
+
+def format_summary(stats: dict[str, Any]) -> str:
+    docs = stats["documents"]
+    lines = [f"{'stage':<11}{'in':>9}{'out':>9}{'dropped':>9}{'cpu s':>9}  top reasons"]
+    for name, stage in stats["stages"].items():
+        dropped = sum(stage["rejected"].values())
+        top = sorted(stage["rejected"].items(), key=lambda kv: -kv[1])[:3]
+        reasons = ", ".join(f"{r} {n}" for r, n in top)
+        lines.append(f"{name:<11}{stage['in']:>9}{stage['out']:>9}{dropped:>9}"
+                     f"{stage['cpu_s']:>9.1f}  {reasons}")
+    share = docs["kept"] / docs["read"] if docs["read"] else 0.0
+    lines.append(f"\nread {docs['read']} documents: kept {docs['kept']} ({share:.1%}), "
+                 f"rejected {docs['rejected']}; accounting "
+                 f"{'OK' if stats['accounting_ok'] else 'FAILED'}")
+    if "last_launch" in stats:
+        launch = stats["last_launch"]
+        lines.append(f"this launch: {launch['units']} units in {launch['wall_s']:.1f} s "
+                     f"({launch['docs_per_s']} docs/s, {launch['workers']} workers)")
+    return "\n".join(lines)
+
+
+def _command_stats(args: argparse.Namespace) -> int:
+    path = Path(args.run_dir) / "stats.json"
+    if not path.exists():
+        print(f"error: {path} does not exist (is {args.run_dir} a finished run?)",
+              file=sys.stderr)
+        return EXIT_ERROR
+    stats = json.loads(path.read_text())
+    print(json.dumps(stats, indent=1) if args.json else format_summary(stats))
+    return EXIT_OK
+
+
+def _command_blocklist(args: argparse.Namespace) -> int:
+    from refine.blocklist import update_blocklist
+
+    print(f"wrote {update_blocklist(Path(args.dest))}")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from refine.config import ConfigError
+    from refine.run import RunError
+
+    handlers = {"run": _command_run, "stats": _command_stats, "blocklist": _command_blocklist}
+    try:
+        return handlers[args.command](args)
+    except (ConfigError, RunError, FileNotFoundError, IsADirectoryError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Run configuration: one pydantic model per stage, validated before any work starts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from refine.extract import ExtractConfig
+from refine.filters.language import LanguageConfig
+from refine.filters.lines import LineCorrectionConfig
+from refine.filters.quality import QualityConfig
+from refine.filters.repetition import RepetitionConfig
+from refine.filters.url import URLFilterConfig
+
+MiB = 1 << 20
+
+
+class ConfigError(ValueError):
+    """A bad config: the message names each offending key and why."""
+
+
+class ReadConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    chunk_bytes: int = Field(64 * MiB, ge=MiB)  # split gzip WARCs larger than this into units
+    max_record_bytes: int = Field(50 * MiB, ge=1024)  # bigger records: "record_too_large"
+
+
+class OutputConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    shard_bytes: int = Field(256 * MiB, ge=1024)  # approximate uncompressed text per shard
+    compression: str = Field("zstd", pattern="^(zstd|snappy|gzip|none)$")
+    rejected_text_chars: int = Field(2000, ge=0)  # text kept per rejected row (0: none)
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "refinedweb"
+    read: ReadConfig = Field(default_factory=ReadConfig)
+    url: URLFilterConfig = Field(default_factory=URLFilterConfig)
+    extract: ExtractConfig = Field(default_factory=ExtractConfig)
+    language: LanguageConfig = Field(default_factory=LanguageConfig)
+    repetition: RepetitionConfig = Field(default_factory=RepetitionConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    lines: LineCorrectionConfig = Field(default_factory=LineCorrectionConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"  {key}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: str = "config") -> RunConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of stage names to settings")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(f"{source} is invalid:\n{_describe(error)}") from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    return parse_config(data, str(path))

@@ -1,0 +1,84 @@
+"""The only module that knows Ray: schedules work units over an actor pool with Ray Data.
+
+Each actor builds a `UnitProcessor` once (blocklist, fastText model and extraction child load
+once per worker, not per task) and processes whole units, writing their shards itself. Output
+is therefore partitioned by content (input file and byte range), never by Ray's block layout,
+and is the same for any number of workers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from refine.readers import Unit
+
+log = logging.getLogger(__name__)
+
+
+class _UnitWorker:
+    def __init__(self, config_json: str, run_dir: str):
+        from refine.config import RunConfig
+        from refine.pipeline import UnitProcessor
+
+        self.processor = UnitProcessor(RunConfig.model_validate_json(config_json), run_dir)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
+        summaries = []
+        for row in _rows(batch):
+            unit = Unit(row["path"], row["format"], int(row["index"]), int(row["start"]),
+                        None if row["end"] < 0 else int(row["end"]))
+            summaries.append(json.dumps(self.processor.process(unit)))
+        return {"summary": summaries}
+
+
+def _rows(batch: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    keys = list(batch)
+    for values in zip(*(batch[k] for k in keys), strict=True):
+        yield dict(zip(keys, values, strict=True))
+
+
+def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING,
+                 configure_logging=True)
+
+
+def process_units(units: list[Unit], config_json: str, run_dir: str, workers: int,
+                  address: str | None = None) -> Iterator[dict[str, Any]]:
+    """Run units on `workers` actors; yield each unit's summary as it finishes."""
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+
+    if not units:
+        return
+    init_ray(address)
+    context = DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    context.execution_options.preserve_order = False
+    cpus = ray.available_resources().get("CPU", 1.0)
+    cpus_per_worker = min(1.0, max(0.1, cpus / workers))
+    items = [{**u.to_dict(), "end": -1 if u.end is None else u.end} for u in units]
+    dataset = ray.data.from_items(items, override_num_blocks=len(items))
+    dataset = dataset.map_batches(
+        _UnitWorker,
+        fn_constructor_kwargs={"config_json": config_json, "run_dir": os.path.abspath(run_dir)},
+        batch_size=1,
+        batch_format="numpy",
+        compute=ActorPoolStrategy(size=min(workers, len(units))),
+        num_cpus=cpus_per_worker,
+        max_restarts=3,
+        max_task_retries=3,
+    )
+    for row in dataset.iter_rows():
+        yield json.loads(row["summary"])

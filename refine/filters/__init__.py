@@ -1,0 +1,1 @@
+"""Per-document filters: pure Python, no Ray. Each implements refine.document.Filter."""

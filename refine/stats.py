@@ -1,0 +1,102 @@
+"""Stage statistics: counted per work unit, written per unit, merged into RUN/stats.json.
+
+Merging always starts from every unit file on disk, so a resumed run reports all its inputs,
+not only the last launch's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+STAGES = ("read", "url", "extract", "language", "repetition", "quality", "lines", "write")
+
+
+def new_stage() -> dict[str, Any]:
+    return {"in": 0, "out": 0, "rejected": {}, "cpu_s": 0.0, "bytes_in": 0, "bytes_out": 0}
+
+
+class UnitStats:
+    def __init__(self, unit_id: str, path: str):
+        self.unit_id, self.path = unit_id, path
+        self.stages = {name: new_stage() for name in STAGES}
+        self.records_by_type: Counter[str] = Counter()
+        self.warnings: list[str] = []
+        self.kept = 0
+        self.read = 0
+        self.rejected: Counter[str] = Counter()  # "stage.reason" -> count
+        self.wall_s = 0.0
+
+    def reject(self, stage: str, reason: str) -> None:
+        counts = self.stages[stage]["rejected"]
+        counts[reason] = counts.get(reason, 0) + 1
+        self.rejected[f"{stage}.{reason}"] += 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "unit": self.unit_id,
+            "input": self.path,
+            "read": self.read,
+            "kept": self.kept,
+            "rejected": dict(sorted(self.rejected.items())),
+            "stages": self.stages,
+            "records_by_type": dict(sorted(self.records_by_type.items())),
+            "warnings": self.warnings,
+            "wall_s": round(self.wall_s, 3),
+        }
+
+
+def load_parts(parts_dir: Path) -> list[dict[str, Any]]:
+    if not parts_dir.exists():
+        return []
+    return [json.loads(p.read_text()) for p in sorted(parts_dir.glob("*.json"))]
+
+
+def merge(parts: list[dict[str, Any]], units_per_input: dict[str, int]) -> dict[str, Any]:
+    stages = {name: new_stage() for name in STAGES}
+    inputs: dict[str, dict[str, Any]] = {
+        path: {"units": n, "units_done": 0, "read": 0, "kept": 0, "rejected": 0, "by_reason": {}}
+        for path, n in units_per_input.items()
+    }
+    records_by_type: Counter[str] = Counter()
+    warnings: list[str] = []
+    for part in parts:
+        for name, stage in part["stages"].items():
+            total = stages.setdefault(name, new_stage())
+            for key in ("in", "out", "cpu_s", "bytes_in", "bytes_out"):
+                total[key] += stage[key]
+            for reason, count in stage["rejected"].items():
+                total["rejected"][reason] = total["rejected"].get(reason, 0) + count
+        entry = inputs.setdefault(
+            part["input"],
+            {"units": 0, "units_done": 0, "read": 0, "kept": 0, "rejected": 0, "by_reason": {}},
+        )
+        entry["units_done"] += 1
+        entry["read"] += part["read"]
+        entry["kept"] += part["kept"]
+        for reason, count in part["rejected"].items():
+            entry["rejected"] += count
+            entry["by_reason"][reason] = entry["by_reason"].get(reason, 0) + count
+        records_by_type.update(part["records_by_type"])
+        warnings.extend(part["warnings"])
+    for stage in stages.values():
+        stage["cpu_s"] = round(stage["cpu_s"], 3)
+        stage["docs_per_cpu_s"] = round(stage["in"] / stage["cpu_s"], 1) if stage["cpu_s"] else None
+        stage["rejected"] = dict(sorted(stage["rejected"].items()))
+    for entry in inputs.values():
+        entry["complete"] = entry["units_done"] == entry["units"]
+        entry["accounting_ok"] = entry["read"] == entry["kept"] + entry["rejected"]
+        entry["by_reason"] = dict(sorted(entry["by_reason"].items()))
+    read = sum(e["read"] for e in inputs.values())
+    kept = sum(e["kept"] for e in inputs.values())
+    rejected = sum(e["rejected"] for e in inputs.values())
+    return {
+        "documents": {"read": read, "kept": kept, "rejected": rejected},
+        "accounting_ok": all(e["accounting_ok"] for e in inputs.values()),
+        "stages": stages,
+        "inputs": dict(sorted(inputs.items())),
+        "records_by_type": dict(sorted(records_by_type.items())),
+        "warnings": warnings,
+    }
