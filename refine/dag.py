@@ -46,6 +46,7 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     if address:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
     else:
@@ -77,8 +78,6 @@ def process_units(units: list[Unit], config_json: str, run_dir: str, workers: in
         batch_format="numpy",
         compute=ActorPoolStrategy(size=min(workers, len(units))),
         num_cpus=cpus_per_worker,
-        max_restarts=3,
-        max_task_retries=3,
     )
     for row in dataset.iter_rows():
         yield json.loads(row["summary"])

@@ -1,0 +1,161 @@
+"""End to end on a real local Ray: accounting, determinism across worker counts, resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from warcio.archiveiterator import ArchiveIterator
+
+from refine.config import load_config
+from refine.run import RunError, run
+
+from .conftest import DATA, ROOT, SHARED
+
+pytestmark = pytest.mark.slow
+DEMO = ROOT / "configs" / "demo.yaml"
+WARCS = sorted(str(p) for p in (DATA / "warc").glob("*.gz"))
+
+
+def document_records(path: str) -> int:
+    """Response/conversion records in a WARC, counted by warcio (independently of refine)."""
+    count = 0
+    with open(path, "rb") as stream:
+        try:
+            for record in ArchiveIterator(stream):
+                count += record.rec_type in ("response", "conversion")
+        except Exception:  # warcio gives up on some broken files; we only count what it saw
+            pass
+    return count
+
+
+def rows(run_dir: Path, sub: str, columns=None) -> list[dict]:
+    files = sorted((run_dir / sub).glob("*.parquet"))
+    return [r for f in files for r in pq.read_table(f, columns=columns).to_pylist()]
+
+
+def check_accounting(run_dir: Path, inputs: list[str]) -> dict:
+    stats = json.loads((run_dir / "stats.json").read_text())
+    kept, rejected = rows(run_dir, "data"), rows(run_dir, "rejected")
+    kept_by_file = Counter(r["file_path"] for r in kept)
+    rejected_by_file = Counter(r["file_path"] for r in rejected)
+    reasons_by_file = Counter((r["file_path"], f"{r['stage']}.{r['reason']}") for r in rejected)
+    assert stats["accounting_ok"]
+    for path in inputs:
+        entry = stats["inputs"][path]
+        assert entry["complete"]
+        assert entry["read"] == document_records(path), path
+        assert entry["read"] == entry["kept"] + entry["rejected"], path
+        assert entry["kept"] == kept_by_file[path]
+        assert entry["rejected"] == rejected_by_file[path] == sum(entry["by_reason"].values())
+        for reason, count in entry["by_reason"].items():
+            assert reasons_by_file[(path, reason)] == count, (path, reason)
+    for stage in stats["stages"].values():
+        assert stage["in"] == stage["out"] + sum(stage["rejected"].values())
+    ids = [r["id"] for r in kept] + [r["id"] for r in rejected]
+    assert len(ids) == len(set(ids)), "a record landed twice"
+    return stats
+
+
+@pytest.fixture(scope="module")
+def demo_config():
+    return load_config(DEMO)
+
+
+@pytest.fixture(scope="module")
+def two_worker_run(local_ray, demo_config, tmp_path_factory):
+    out = tmp_path_factory.mktemp("two") / "run"
+    return run(demo_config, WARCS, out, workers=2)
+
+
+def test_every_record_is_accounted_for(two_worker_run):
+    stats = check_accounting(two_worker_run.run_dir, WARCS)
+    truncated = str(DATA / "warc" / "truncated-record.warc.gz")
+    assert stats["inputs"][truncated]["by_reason"] == {"read.truncated_record": 1}
+    assert any("truncated_record" in w for w in stats["warnings"])
+    assert stats["documents"]["kept"] >= 40  # the demo sample must feed the later stages
+    kept = rows(two_worker_run.run_dir, "data")
+    assert {r["language"] for r in kept} >= {"en", "de"}
+    assert all(r["token_count"] == len(r["text"].split()) for r in kept)
+    manifest = json.loads((two_worker_run.run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "complete"
+    assert all(i["complete"] for i in manifest["inputs"])
+    assert manifest["config_hash"] == load_config(DEMO).hash
+
+
+def test_one_and_two_workers_give_identical_output(local_ray, demo_config, two_worker_run,
+                                                    tmp_path):
+    one = run(demo_config, WARCS, tmp_path / "one", workers=1)
+    for sub in ("data", "rejected"):
+        a = {r["id"]: r for r in rows(one.run_dir, sub)}
+        b = {r["id"]: r for r in rows(two_worker_run.run_dir, sub)}
+        assert a.keys() == b.keys()
+        assert all(a[k]["text"].encode() == b[k]["text"].encode() for k in a)
+    names = sorted(p.name for p in (one.run_dir / "data").iterdir())
+    assert names == sorted(p.name for p in (two_worker_run.run_dir / "data").iterdir())
+
+
+def test_existing_output_needs_resume_or_overwrite(two_worker_run, demo_config):
+    with pytest.raises(RunError, match="--resume"):
+        run(demo_config, WARCS, two_worker_run.run_dir, workers=1)
+    other = demo_config.model_copy(update={"name": "changed"})
+    with pytest.raises(RunError, match="config"):
+        run(other, WARCS, two_worker_run.run_dir, workers=1, resume=True)
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "refine.cli", *args]
+
+
+def test_killed_run_resumes_to_the_same_output(two_worker_run, tmp_path):
+    out = tmp_path / "killed"
+    cmd = _cli("run", str(DEMO), "--input", *WARCS, "--output", str(out), "--workers", "1",
+               "--quiet")
+    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    parts = out / "stats" / "units"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and len(list(parts.glob("*.json"))) < 2:
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = {p.name: p.stat().st_mtime_ns for p in parts.glob("*.json")}
+    assert 2 <= len(finished) < len(WARCS), "kill the run midway"
+    result = subprocess.run([*cmd, "--resume"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resumed: {len(finished)} of {len(WARCS)} units were already done" in result.stdout
+    for name, mtime in finished.items():
+        assert (parts / name).stat().st_mtime_ns == mtime, f"{name} was processed again"
+    for sub in ("data", "rejected"):
+        clean = sorted((r["id"], r["text"]) for r in rows(two_worker_run.run_dir, sub))
+        assert sorted((r["id"], r["text"]) for r in rows(out, sub)) == clean
+    assert not list(out.rglob(".*.tmp")), "temp files left behind"
+    check_accounting(out, WARCS)
+
+
+def test_strict_fails_on_truncated_input_and_default_warns(tmp_path):
+    truncated = str(DATA / "warc" / "truncated-record.warc.gz")
+    base = _cli("run", str(DEMO), "--input", truncated, "--quiet", "--workers", "1")
+    warn = subprocess.run([*base, "--output", str(tmp_path / "a")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert warn.returncode == 0, warn.stderr[-2000:]
+    assert "truncated_record" in warn.stderr
+    strict = subprocess.run([*base, "--output", str(tmp_path / "b"), "--strict"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert strict.returncode == 3
+
+
+@pytest.mark.skipif(not (SHARED / "warc").exists(), reason="../shared/data not present")
+def test_accounting_over_every_shared_warc(local_ray, demo_config, tmp_path):
+    inputs = sorted(str(p) for p in (SHARED / "warc").rglob("*.gz"))
+    result = run(demo_config, inputs, tmp_path / "shared", workers=2)
+    stats = check_accounting(result.run_dir, inputs)
+    assert stats["documents"]["read"] >= 1213 + 16 + 1 + 1 + 1
