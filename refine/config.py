@@ -27,7 +27,7 @@ class ConfigError(ValueError):
 class ReadConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    chunk_bytes: int = Field(64 * MiB, ge=MiB)  # split gzip WARCs larger than this into units
+    chunk_bytes: int = Field(16 * MiB, ge=MiB)  # split gzip WARCs larger than this into units
     max_record_bytes: int = Field(50 * MiB, ge=1024)  # bigger records: "record_too_large"
 
 

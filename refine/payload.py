@@ -123,7 +123,8 @@ def decode_html(body: bytes, content_type_header: str) -> str:
     """
     header = _HEADER_CHARSET.search(content_type_header)
     meta = _META_CHARSET.search(body[:4096])
-    candidates = [_known(header.group(1)) if header else None, _known(meta.group(1)) if meta else None]
+    candidates = [_known(header.group(1)) if header else None,
+                  _known(meta.group(1)) if meta else None]
     for encoding in [*candidates, "utf-8"]:
         if encoding:
             try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -51,9 +52,10 @@ class UnitProcessor:
 
     def __init__(self, config: RunConfig, run_dir: str | Path):
         self.config, self.run_dir = config, Path(run_dir)
-        self.url_filter = URLFilter(config.url) if config.url.enabled else None
-        self.text_filters = build_text_filters(config)
         self.sandbox = ExtractionSandbox(config.extract.model_dump(), config.extract.timeout_s)
+        self.sandbox.start()  # the child imports trafilatura while we load the other models
+        self.url_filter = URLFilter(config.url).load() if config.url.enabled else None
+        self.text_filters = build_text_filters(config)
 
     def close(self) -> None:
         self.sandbox.close()
@@ -82,6 +84,12 @@ class UnitProcessor:
         stats.wall_s = time.monotonic() - started
         summary = stats.to_dict()
         summary["files"] = {"data": kept.files, "rejected": rejected.files}
+        summary["worker"] = {
+            "pid": os.getpid(),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "extract_child_peak_rss_mb": self.sandbox.child_peak_rss_kb / 1024,
+            "extract_child_restarts": self.sandbox.restarts,
+        }
         _write_json_atomic(self.run_dir / PARTS / f"{unit.id}.json", summary)
         return summary
 
@@ -143,7 +151,7 @@ class UnitProcessor:
         status, text, child_cpu, error = self.sandbox.extract(html)
         counters["cpu_s"] += time.thread_time() - started + child_cpu
         doc.metrics["extract.cpu_ms"] = round(child_cpu * 1000, 3)
-        if status == OK and len(text) < self.config.extract.min_text_chars:
+        if status == OK and not text:
             status = "no_extracted_text"
         if status != OK:
             if error:

@@ -17,6 +17,7 @@ from typing import Any
 
 from refine import __version__
 from refine.config import RunConfig
+from refine.filters.url import URLFilter
 from refine.pipeline import DATA, PARTS, REJECTED, unit_done
 from refine.readers import Unit, expand_inputs, plan_units
 from refine.stats import load_parts, merge
@@ -98,6 +99,8 @@ def run(config: RunConfig, inputs: list[str], output: str | Path, workers: int =
         "command": sys.argv,
     }
     pending = [u for u in units if not unit_done(run_dir, u)]
+    if pending and config.url.enabled:
+        URLFilter(config.url).load()  # builds the blocklist cache once, before the workers map it
     _write_manifest(run_dir, manifest, units, "running")
     done, docs_this_launch = len(units) - len(pending), 0
     for summary in process_units(pending, config.model_dump_json(), str(run_dir), workers,

@@ -8,6 +8,7 @@ so the worker can account extraction CPU exactly.
 from __future__ import annotations
 
 import multiprocessing as mp
+import resource
 import time
 from multiprocessing.connection import Connection
 from typing import Any
@@ -32,7 +33,8 @@ def _serve(conn: Connection, config: dict[str, Any]) -> None:
             text, error = extract_text(html, cfg), None
         except Exception as exc:  # noqa: BLE001 - any extractor failure becomes a rejection
             text, error = "", f"{type(exc).__name__}: {exc}"[:200]
-        conn.send((text, error, time.process_time() - started))
+        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        conn.send((text, error, time.process_time() - started, peak_kb))
 
 
 class ExtractionSandbox:
@@ -42,8 +44,9 @@ class ExtractionSandbox:
         self.process: Any = None
         self.conn: Connection | None = None
         self.restarts = 0
+        self.child_peak_rss_kb = 0
 
-    def _start(self) -> None:
+    def start(self) -> None:
         parent, child = self.context.Pipe()
         self.process = self.context.Process(
             target=_serve, args=(child, self.config), daemon=True, name="refine-extract"
@@ -57,13 +60,14 @@ class ExtractionSandbox:
     def extract(self, html: str) -> tuple[str, str, float, str | None]:
         """Returns (status, text, child CPU seconds, error detail)."""
         if self.process is None or not self.process.is_alive():
-            self._start()
+            self.start()
         assert self.conn is not None
         started = time.monotonic()
         try:
             self.conn.send(html)
             if self.conn.poll(self.timeout_s):
-                text, error, cpu = self.conn.recv()
+                text, error, cpu, peak_kb = self.conn.recv()
+                self.child_peak_rss_kb = max(self.child_peak_rss_kb, peak_kb)
                 return (FAILED if error else OK), text, cpu, error
             status = TIMEOUT
         except (EOFError, BrokenPipeError, ConnectionResetError, OSError):

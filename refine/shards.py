@@ -48,7 +48,8 @@ class ShardWriter:
     def __init__(self, directory: Path, prefix: str, schema: pa.Schema, shard_bytes: int,
                  compression: str = "zstd"):
         self.directory, self.prefix, self.schema = directory, prefix, schema
-        self.shard_bytes, self.compression = shard_bytes, None if compression == "none" else compression
+        self.shard_bytes = shard_bytes
+        self.compression = None if compression == "none" else compression
         self.rows: list[dict[str, Any]] = []
         self.writer: pq.ParquetWriter | None = None
         self.shard_size = 0

@@ -1,6 +1,6 @@
 import gzip
-import random
 import io
+import random
 import zlib
 from pathlib import Path
 

