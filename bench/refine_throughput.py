@@ -16,8 +16,6 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import psutil
-
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
 
@@ -62,24 +60,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="refine-bench-") as tmp:
         inputs = tile(sources, args.min_records, per_round, Path(tmp))
         input_bytes = sum(Path(p).stat().st_size for p in inputs)
-        cpu_before = psutil.cpu_times()
         started = time.monotonic()  # wall time includes starting Ray and the workers
         init_ray(None, num_cpus=os.cpu_count())
         summaries = []
         result = run(config, inputs, Path(tmp) / "run", workers=args.workers,
                      on_unit=lambda s, done, total: summaries.append(s))
         wall = time.monotonic() - started
-        cpu_after = psutil.cpu_times()
-    machine_cpu = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
     stats = result.stats
     stage_cpu = {name: round(stage["cpu_s"], 2) for name, stage in stats["stages"].items()}
     pipeline_cpu = sum(stage_cpu.values())
     workers: dict[int, dict[str, float]] = defaultdict(dict)
     for summary in summaries:
         worker = workers[summary["worker"]["pid"]]
-        for key in ("peak_rss_mb", "extract_child_peak_rss_mb"):
+        for key in ("peak_rss_mb", "extract_child_peak_rss_mb", "process_cpu_s",
+                    "extract_child_cpu_s"):
             worker[key] = max(worker.get(key, 0.0), summary["worker"][key])
     docs = stats["documents"]["read"]
+    # all CPU the worker processes spent (Ray's threads in them included) and their children
+    worker_cpu = sum(w["process_cpu_s"] + w["extract_child_cpu_s"] for w in workers.values())
     gold = evaluate(args.gold / "html", args.gold / "ground-truth.json", config.extract)
     print(json.dumps({
         "bench": "refine_throughput",
@@ -94,9 +92,9 @@ def main() -> None:
         "mb_per_s": round(input_bytes / 1e6 / wall, 2),
         "cpu_s_per_stage": stage_cpu,
         "pipeline_cpu_s": round(pipeline_cpu, 2),
-        "machine_cpu_s": round(machine_cpu, 2),
+        "worker_cpu_s": round(worker_cpu, 2),
         "extraction_share": round(stage_cpu["extract"] / pipeline_cpu, 3),
-        "extraction_share_of_machine_cpu": round(stage_cpu["extract"] / machine_cpu, 3),
+        "extraction_share_of_worker_cpu": round(stage_cpu["extract"] / worker_cpu, 3),
         "peak_rss_mb_per_worker": [
             {"actor": round(w["peak_rss_mb"], 1),
              "extraction_child": round(w["extract_child_peak_rss_mb"], 1),

@@ -15,6 +15,8 @@ _BINARY_MAGIC = (b"%PDF", b"\x89PNG", b"GIF8", b"\xff\xd8\xff", b"PK\x03\x04", b
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([a-zA-Z0-9_\-:.]+)""", re.I)
 _HEADER_CHARSET = re.compile(r"charset\s*=\s*[\"']?([a-zA-Z0-9_\-:.]+)", re.I)
 _GARBAGE = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f\ufffd]")
+_CONTROL = {*range(9), 11, *range(14, 32), 127}
+_NOT_CONTROL = bytes(b for b in range(256) if b not in _CONTROL)  # bytes.translate deletes these
 
 
 class PayloadError(Exception):
@@ -128,18 +130,21 @@ def decode_html(body: bytes, content_type_header: str) -> str:
     for encoding in [*candidates, "utf-8"]:
         if encoding:
             try:
-                return _checked(body.decode(encoding), encoding)
+                return _checked(body, body.decode(encoding), encoding)
             except UnicodeDecodeError:
                 continue
     guess = from_bytes(body[:200_000]).best()
     if guess is None or guess.encoding is None:
         raise PayloadError("undecodable", "no charset decodes the payload")
-    return _checked(body.decode(guess.encoding, errors="replace"), guess.encoding)
+    return _checked(body, body.decode(guess.encoding, errors="replace"), guess.encoding)
 
 
-def _checked(text: str, encoding: str) -> str:
+def _checked(body: bytes, text: str, encoding: str) -> str:
     """Text that is mostly control characters or replacement marks is binary, not HTML."""
-    sample = text[:100_000]
-    if len(_GARBAGE.findall(sample)) > max(10, len(sample) // 100):
+    if encoding.startswith(("utf_16", "utf_32", "utf-16", "utf-32")):
+        garbage = len(_GARBAGE.findall(text[:100_000]))
+    else:  # control bytes are never part of a multi-byte character here: count them fast
+        garbage = len(body[:100_000].translate(None, _NOT_CONTROL)) + text.count("\ufffd")
+    if garbage > max(10, min(len(body), 100_000) // 100):
         raise PayloadError("undecodable", f"control characters or invalid bytes as {encoding}")
     return text

@@ -83,12 +83,15 @@ class UnitProcessor:
         stats.stages["write"]["cpu_s"] += time.thread_time() - write_started
         stats.wall_s = time.monotonic() - started
         summary = stats.to_dict()
+        summary["finished_unix"] = round(time.time(), 3)
         summary["files"] = {"data": kept.files, "rejected": rejected.files}
         summary["worker"] = {
             "pid": os.getpid(),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "extract_child_peak_rss_mb": self.sandbox.child_peak_rss_kb / 1024,
             "extract_child_restarts": self.sandbox.restarts,
+            "process_cpu_s": round(time.process_time(), 3),  # cumulative, Ray's threads included
+            "extract_child_cpu_s": round(self.sandbox.child_cpu_s, 3),  # cumulative
         }
         _write_json_atomic(self.run_dir / PARTS / f"{unit.id}.json", summary)
         return summary

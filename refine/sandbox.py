@@ -45,6 +45,7 @@ class ExtractionSandbox:
         self.conn: Connection | None = None
         self.restarts = 0
         self.child_peak_rss_kb = 0
+        self.child_cpu_s = 0.0  # all extraction CPU of this sandbox's children
 
     def start(self) -> None:
         parent, child = self.context.Pipe()
@@ -68,12 +69,15 @@ class ExtractionSandbox:
             if self.conn.poll(self.timeout_s):
                 text, error, cpu, peak_kb = self.conn.recv()
                 self.child_peak_rss_kb = max(self.child_peak_rss_kb, peak_kb)
+                self.child_cpu_s += cpu
                 return (FAILED if error else OK), text, cpu, error
             status = TIMEOUT
         except (EOFError, BrokenPipeError, ConnectionResetError, OSError):
             status = CRASHED
         self._kill()
-        return status, "", time.monotonic() - started, None
+        elapsed = time.monotonic() - started
+        self.child_cpu_s += elapsed
+        return status, "", elapsed, None
 
     def _kill(self) -> None:
         if self.process is not None:

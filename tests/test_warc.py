@@ -148,3 +148,22 @@ def test_bytes_io_stream_works():
     with SAMPLE.open("rb") as f:
         data = f.read()
     assert len(list(iter_records(io.BytesIO(data)))) == 50
+
+
+def test_remote_paths_and_globs_go_through_fsspec():
+    import fsspec
+
+    from refine.readers import expand_inputs
+
+    fs = fsspec.filesystem("memory")
+    for name in ("a.warc.gz", "b.warc.gz", "notes.txt"):
+        fs.pipe(f"/bucket/crawl/{name}", SAMPLE.read_bytes())
+    found = expand_inputs(["memory://bucket/crawl/*.warc.gz"])
+    # fsspec's memory filesystem roots paths at "/", so it writes memory:///bucket/...
+    assert [p.replace(":///", "://") for p, _ in found] == ["memory://bucket/crawl/a.warc.gz",
+                                                            "memory://bucket/crawl/b.warc.gz"]
+    assert all(size == SAMPLE.stat().st_size for _, size in found)
+    units = plan_units(found, 1 << 30)
+    assert sum(r.doc.file_path == units[0].path for r in read_unit(units[0], 1 << 30)) == 16
+    with pytest.raises(FileNotFoundError, match="matches no file"):
+        expand_inputs(["memory://bucket/crawl/*.parquet"])

@@ -35,7 +35,7 @@ class LanguageFilter:
         self.model = fasttext.load_model(config.model_path or str(packaged_model_path()))
 
     def identify(self, text: str) -> tuple[str, float]:
-        labels, scores = self.model.predict(" ".join(text.split()), k=1)
+        labels, scores = self.model.predict(text.replace("\n", " "), k=1)
         if not labels:
             return "unknown", 0.0
         return labels[0].removeprefix("__label__"), float(scores[0])
