@@ -13,9 +13,8 @@ Both arrays are built from the source list on first use, cached as ``.npy`` file
 directory (``$REFINE_CACHE_DIR``, default ``~/.cache/refine``) and then opened with
 ``np.load(mmap_mode="r")``: the pages live in the OS page cache and are shared by every worker
 process on the machine instead of being copied into each. The cache key is the source file's
-sha256 plus a format version, so a changed list rebuilds. Cache files are written to a temp
-file and ``os.replace``-d into place (and builders serialise on an ``flock``), so concurrent
-workers never see a partial file.
+sha256 plus a format version, so a changed list rebuilds. Cache files are written atomically
+(and builders serialise on an ``flock``), so concurrent workers never see a partial file.
 
 A false positive needs a 64-bit hash collision with one of ~4.6M entries: p ≈ 2.5e-13 per name.
 
@@ -24,7 +23,7 @@ Measured on a 2-core VM (Python 3.11) for the packaged list: building the cache 
 loading it from the cache ~10 ms and ~0.1 MB RSS; the mapped pages (52 MB, page cache,
 shared) enter RSS as file-backed pages as lookups touch them. `contains_host` on an unlisted
 host ~1 µs. The URL list (19.6k entries, a frozenset) loads in ~50 ms, ~3.6 MB per process.
-Pre-build with ``python -m refine.blocklist build-cache`` to keep the build out of workers.
+Pre-build with ``refine blocklist build-cache`` to keep the build out of workers.
 
 Matching follows squidGuard's semantics for UT1 lists:
 
@@ -36,221 +35,75 @@ Matching follows squidGuard's semantics for UT1 lists:
   boundary (``example.com/a`` matches ``example.com/a/b.html``, not ``example.com/ab``).
   Host and path are compared lowercased, ``www.`` stripped, query and fragment ignored.
 
-``update_blocklist`` fetches fresh lists from UT1 (Université Toulouse Capitole).
+Fresh lists from UT1: `refine.blocklist_update`.
 """
 
 from __future__ import annotations
 
-import argparse
 import bisect
 import contextlib
 import gc
 import gzip
 import hashlib
-import io
 import itertools
 import logging
 import lzma
 import os
-import re
-import tarfile
-import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import numpy as np
 
-try:  # IDNA 2008 + UTS #46 mapping (a dependency of requests, normally present)
-    import idna as _idna
-except ImportError:  # pragma: no cover - fall back to the stdlib IDNA 2003 codec
-    _idna = None
+from refine.atomic_file import atomic_write
+from refine.blocklist_update import (
+    DOMAINS_FILENAME,
+    URLS_FILENAME,
+    BlocklistUpdateError,
+    update_blocklist,
+)
+from refine.urlnorm import normalize_domain, normalize_host, normalize_url_entry, split_url
+
+__all__ = [  # update_blocklist and BlocklistUpdateError: re-exported from blocklist_update
+    "DATA_DIR",
+    "DOMAINS_FILENAME",
+    "PACKAGED_DOMAINS",
+    "PACKAGED_URLS",
+    "URLS_FILENAME",
+    "BlocklistUpdateError",
+    "DomainBlocklist",
+    "UrlBlocklist",
+    "default_cache_dir",
+    "reset_loaded_blocklists",
+    "update_blocklist",
+]
 
 log = logging.getLogger(__name__)
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
-PACKAGED_DOMAINS = DATA_DIR / "ut1-domains.txt.xz"
-PACKAGED_URLS = DATA_DIR / "ut1-urls.txt.gz"
-DOMAINS_FILENAME = "ut1-domains.txt.xz"
-URLS_FILENAME = "ut1-urls.txt.gz"
-
-#: The UT1 categories FineWeb's URL filter blocks.
-FINEWEB_UT1_CATEGORIES: tuple[str, ...] = (
-    "adult",
-    "phishing",
-    "dating",
-    "gambling",
-    "filehosting",
-    "ddos",
-    "hate",
-    "chat",
-    "mixed_adult",
-    "arjel",
-)
-UT1_DOWNLOAD_URL = "https://dsi.ut-capitole.fr/blacklists/download/{category}.tar.gz"
+PACKAGED_DOMAINS = DATA_DIR / DOMAINS_FILENAME
+PACKAGED_URLS = DATA_DIR / URLS_FILENAME
 
 # Bump when normalisation, hashing or the cache layout changes: old caches are then ignored.
 CACHE_FORMAT_VERSION = 1
 _BITMAP_BITS_PER_ENTRY = 16  # bitmap size: next power of two >= 16 bits per entry
 _MIN_BITMAP_BITS = 1 << 16
 
-# ---------------------------------------------------------------------------------------------
-# URL / host normalisation (shared with refine.filters.url)
-# ---------------------------------------------------------------------------------------------
 
-_SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):")
-_AUTHORITY_END_RE = re.compile(r"[/?#\\]")
-_HOST_RE = re.compile(r"[a-z0-9_](?:[a-z0-9_\-]*)(?:\.[a-z0-9_\-]+)*")
-_IPV6_RE = re.compile(r"[0-9a-f:.]+")
-_FAST_URL_RE = re.compile(
-    r"(?:https?://)?([a-z0-9_][a-z0-9_\-]*(?:\.[a-z0-9_\-]+)*)(?::[0-9]+)?(?=[/?#\\]|\Z)"
-)
+def default_cache_dir() -> Path:
+    env = os.environ.get("REFINE_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "refine"
 
 
-def normalize_host(host: str) -> str | None:
-    """Lowercase, strip trailing dots and a leading ``www.``, IDNA-encode to punycode.
-
-    ``host`` is a bare host name (no scheme, userinfo or port; see `split_url` for URLs).
-    Returns None for something that is not a usable host name.
-    """
-    host = host.strip().rstrip(".")
-    if not host:
-        return None
-    if host.isascii():
-        host = host.lower()
-    else:
-        host = _to_punycode(host)
-        if host is None:
-            return None
-    if host.startswith("www.") and host.find(".", 4) > 0:
-        host = host[4:]
-    if len(host) > 253 or not _HOST_RE.fullmatch(host):
-        return None
-    return host
-
-
-def _to_punycode(host: str) -> str | None:
-    try:
-        if _idna is not None:
-            return _idna.encode(host, uts46=True).decode("ascii").rstrip(".")
-        return host.encode("idna").decode("ascii").lower()
-    except (UnicodeError, ValueError):  # idna.IDNAError is a UnicodeError
-        return None
-
-
-def split_url(url: str) -> tuple[str, str, str] | None:
-    """Split a URL into ``(host, path, query)`` with the host normalised by `normalize_host`.
-
-    Accepts ``scheme://`` URLs, protocol-relative ``//host/...`` and scheme-less
-    ``host[:port]/path`` (the form the UT1 URL lists use). Userinfo and port are dropped,
-    IPv6 literals keep their brackets. ``path`` starts with ``/`` (or is empty) and ``query``
-    excludes the ``?``; both keep their case. Returns None when there is no valid host.
-    """
-    url = url.strip()
-    m = _FAST_URL_RE.match(url)  # plain lowercase http(s) URL: one regex, ~3x faster
-    if m is not None:
-        host = m.group(1)
-        if host.startswith("www.") and host.find(".", 4) > 0:
-            host = host[4:]
-        if len(host) <= 253:
-            return _split_rest(host, url[m.end() :])
-    m = _SCHEME_RE.match(url)
-    if m is not None:
-        end = m.end()
-        if url.startswith("//", end):
-            url = url[end + 2 :]
-        elif "." in m.group(1) or url[end : end + 1].isdigit():
-            pass  # "example.com:8080/x" or "localhost:8080": a host and port, not a scheme
-        else:
-            return None  # "mailto:x@y", "javascript:...", "http:/x": no authority
-    elif url.startswith("//"):
-        url = url[2:]
-    m = _AUTHORITY_END_RE.search(url)
-    if m is None:
-        authority, rest = url, ""
-    else:
-        authority, rest = url[: m.start()], url[m.start() :]
-    if "@" in authority:
-        authority = authority.rpartition("@")[2]
-    if authority.startswith("["):  # IPv6 literal, maybe with a port
-        close = authority.find("]")
-        if close < 0:
-            return None
-        inner = authority[1:close].lower()
-        if not _IPV6_RE.fullmatch(inner):
-            return None
-        host: str | None = f"[{inner}]"
-    else:
-        if ":" in authority:
-            authority, _, port = authority.rpartition(":")
-            if port and not port.isdigit():
-                return None
-        host = normalize_host(authority)
-        if host is None:
-            return None
-    return _split_rest(host, rest)
-
-
-def _split_rest(host: str, rest: str) -> tuple[str, str, str]:
-    if not rest:
-        return host, "", ""
-    rest = rest.partition("#")[0]
-    if "\\" in rest:
-        rest = rest.replace("\\", "/")
-    path, _, query = rest.partition("?")
-    return host, path, query
-
-
-def host_suffixes(host: str) -> Iterator[str]:
-    """``a.b.example.com`` → ``a.b.example.com``, ``b.example.com``, ``example.com``, ``com``.
-
-    IP addresses (IPv4: last label numeric; IPv6 literals) yield only themselves.
-    """
-    yield host
-    if host.startswith("[") or host.rpartition(".")[2].isdigit():
-        return
-    dot = host.find(".")
-    while dot >= 0:
-        host = host[dot + 1 :]
-        yield host
-        dot = host.find(".")
-
-
-def normalize_domain(line: str) -> str | None:
-    """A domain-list line → normalised domain, or None for blank/comment/invalid lines."""
-    line = line.strip()
-    if not line or line[0] == "#":
-        return None
-    if line.startswith("*."):
-        line = line[2:]
-    line = line.lstrip(".")
-    if line.isascii():
-        low = line.lower().rstrip(".")
-        if low.startswith("www.") and low.find(".", 4) > 0:
-            low = low[4:]
-        if _HOST_RE.fullmatch(low):  # the common, fast path
-            return low
-        if low.startswith("[") and low.endswith("]") and _IPV6_RE.fullmatch(low[1:-1]):
-            return low
-    return normalize_host(line)
-
-
-def normalize_url_entry(line: str) -> str | None:
-    """A URL-list line (``host/path``, scheme optional) → ``host/path`` lowercased, or None."""
-    line = line.strip()
-    if not line or line[0] == "#":
-        return None
-    parts = split_url(line)
-    if parts is None:
-        return None
-    host, path, _query = parts
-    path = path.lower().rstrip("/")
-    return host + path
+def _list_file(path: str | os.PathLike[str] | None, filename: str) -> Path:
+    """`path` (None: the packaged lists), or `filename` inside it if it is a directory."""
+    src = Path(path).expanduser() if path is not None else DATA_DIR
+    if src.is_dir():
+        src = src / filename
+    return src.resolve()
 
 
 def _open_text(path: Path) -> IO[str]:
@@ -262,31 +115,50 @@ def _open_text(path: Path) -> IO[str]:
     return open(path, encoding="utf-8", errors="replace")
 
 
+# Per-process memo of loaded lists, so every filter in a worker shares one instance.
+_LOADED: dict[tuple, object] = {}
+_LOADED_LOCK = threading.Lock()
+_T = TypeVar("_T")
+
+
+def _memoised(key: tuple, load: Callable[[], _T]) -> _T:
+    with _LOADED_LOCK:
+        inst = _LOADED.get(key)
+        if inst is None:
+            inst = _LOADED[key] = load()
+    return inst  # type: ignore[return-value]
+
+
+def reset_loaded_blocklists() -> None:
+    """Forget the per-process memo of `DomainBlocklist.load` / `UrlBlocklist.load` (tests)."""
+    with _LOADED_LOCK:
+        _LOADED.clear()
+
+
 # ---------------------------------------------------------------------------------------------
-# Domain blocklist
+# Domain blocklist: hashing and the on-disk cache
 # ---------------------------------------------------------------------------------------------
 
 
-def hash64(data: bytes) -> int:
-    """The stable 64-bit hash used for domain entries (blake2b, 8-byte digest, little endian)."""
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
-
-
-def _hash_names(names: Iterable[str], chunk: int = 1 << 18) -> tuple[np.ndarray, np.ndarray]:
-    """Hashes (uint64, sorted, unique) and crc32s (uint32) of normalised names, in chunks
-    (bounded memory: the 4.6M-line UT1 list never sits in memory as Python strings)."""
+def _hash_domains(domains: Iterable[str], chunk: int = 1 << 18) -> tuple[np.ndarray, np.ndarray]:
+    """``(hashes, bitmap)`` of normalised domains: hashes uint64, sorted, unique. Hashed in
+    chunks (bounded memory: the 4.6M-line UT1 list never sits in memory as Python strings)."""
     blake = hashlib.blake2b
     crc32 = zlib.crc32
-    hash_parts: list[np.ndarray] = []
-    crc_parts: list[np.ndarray] = []
-    it = iter(names)
+    hash_parts = [np.zeros(0, dtype=np.uint64)]
+    crc_parts = [np.zeros(0, dtype=np.uint32)]
+    it = iter(domains)
     while batch := [n.encode() for n in itertools.islice(it, chunk)]:
         digests = b"".join([blake(b, digest_size=8).digest() for b in batch])
         hash_parts.append(np.frombuffer(digests, dtype="<u8").astype(np.uint64))
         crc_parts.append(np.fromiter(map(crc32, batch), dtype=np.uint32, count=len(batch)))
-    if not hash_parts:
-        return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.uint32)
-    return np.unique(np.concatenate(hash_parts)), np.concatenate(crc_parts)
+    hashes = np.unique(np.concatenate(hash_parts))
+    return hashes, _build_bitmap(np.concatenate(crc_parts), hashes.size)
+
+
+def _hash_domain_file(src: Path) -> tuple[np.ndarray, np.ndarray]:
+    with _open_text(src) as f:
+        return _hash_domains(d for d in map(normalize_domain, f) if d)
 
 
 def _build_bitmap(crcs: np.ndarray, n_entries: int) -> np.ndarray:
@@ -301,11 +173,6 @@ def _build_bitmap(crcs: np.ndarray, n_entries: int) -> np.ndarray:
     return bitmap
 
 
-def default_cache_dir() -> Path:
-    env = os.environ.get("REFINE_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "refine"
-
-
 def _file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -314,25 +181,12 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _umask_mode(mode: int = 0o666) -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return mode & ~umask
-
-
-def _atomic_save_npy(arr: np.ndarray, dest: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".tmp")
+def _writable_dir(path: Path) -> bool:
     try:
-        os.fchmod(fd, _umask_mode())  # mkstemp makes 0600; the cache may be shared
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+        path.mkdir(parents=True, exist_ok=True)
+        return os.access(path, os.W_OK)
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager
@@ -362,10 +216,6 @@ def _release_free_heap() -> None:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):  # pragma: no cover - not glibc
         pass
-
-
-_LOADED: dict[tuple, DomainBlocklist] = {}
-_LOADED_LOCK = threading.Lock()
 
 
 class DomainBlocklist:
@@ -413,8 +263,7 @@ class DomainBlocklist:
     @classmethod
     def from_domains(cls, domains: Iterable[str]) -> DomainBlocklist:
         """An in-memory blocklist (no cache) from domain strings, normalised like list lines."""
-        hashes, crcs = _hash_names(d for d in map(normalize_domain, domains) if d)
-        return cls(hashes, _build_bitmap(crcs, hashes.size))
+        return cls(*_hash_domains(d for d in map(normalize_domain, domains) if d))
 
     @classmethod
     def load(
@@ -426,85 +275,65 @@ class DomainBlocklist:
 
         `path` may be plain text, ``.gz`` or ``.xz``, one domain per line, or a directory
         holding ``ut1-domains.txt.xz`` (as written by `update_blocklist`). Memoised per process
-        (keyed on the file's path, size and mtime), so every filter in a worker shares one
-        instance; the arrays are memory-mapped from the cache and shared between processes.
+        (keyed on the file's path, size and mtime); the arrays are memory-mapped from the
+        cache and shared between processes.
         """
-        src = Path(path).expanduser() if path is not None else PACKAGED_DOMAINS
-        if src.is_dir():
-            src = src / DOMAINS_FILENAME
-        src = src.resolve()
+        src = _list_file(path, DOMAINS_FILENAME)
         st = src.stat()  # FileNotFoundError for a missing list: let it propagate
         cdir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-        key = (str(src), st.st_size, st.st_mtime_ns, str(cdir.resolve()))
-        with _LOADED_LOCK:
-            inst = _LOADED.get(key)
-            if inst is None:
-                inst = cls._load_uncached(src, cdir)
-                _LOADED[key] = inst
-        return inst
+        key = (cls, str(src), st.st_size, st.st_mtime_ns, str(cdir.resolve()))
+        return _memoised(key, lambda: cls._load_uncached(src, cdir))
 
     @classmethod
     def _load_uncached(cls, src: Path, cache_dir: Path) -> DomainBlocklist:
-        digest = _file_sha256(src)
-        stem = src.name.split(".", 1)[0]
-        base = f"{stem}-{digest[:24]}-v{CACHE_FORMAT_VERSION}"
-        hashes_path = cache_dir / f"{base}.hashes.npy"
-        bitmap_path = cache_dir / f"{base}.bitmap.npy"
-        inst = cls._try_open(src, hashes_path, bitmap_path)
+        base = f"{src.name.split('.', 1)[0]}-{_file_sha256(src)[:24]}-v{CACHE_FORMAT_VERSION}"
+        files = (cache_dir / f"{base}.hashes.npy", cache_dir / f"{base}.bitmap.npy")
+        inst = cls._open_cache(src, files)
         if inst is not None:
             return inst
-        try:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            writable = os.access(cache_dir, os.W_OK)
-        except OSError:
-            writable = False
-        if not writable:
+        if not _writable_dir(cache_dir):
             log.warning(
                 "blocklist cache dir %s is not writable: building %s in memory (per process, "
                 "not shared); set REFINE_CACHE_DIR to a writable directory",
                 cache_dir,
                 src,
             )
-            with _open_text(src) as f:
-                hashes, crcs = _hash_names(d for d in map(normalize_domain, f) if d)
-            inst = cls(hashes, _build_bitmap(crcs, hashes.size), src, None, built=True)
-            del crcs
+            inst = cls(*_hash_domain_file(src), src, None, built=True)
             _release_free_heap()
             return inst
         with _build_lock(cache_dir / f"{base}.lock"):
-            inst = cls._try_open(src, hashes_path, bitmap_path)  # built while we waited?
+            inst = cls._open_cache(src, files)  # built while we waited?
             if inst is not None:
                 return inst
             t0 = time.perf_counter()
-            with _open_text(src) as f:
-                hashes, crcs = _hash_names(d for d in map(normalize_domain, f) if d)
-            bitmap = _build_bitmap(crcs, hashes.size)
-            del crcs
-            _atomic_save_npy(hashes, hashes_path)
-            _atomic_save_npy(bitmap, bitmap_path)
+            arrays = _hash_domain_file(src)
+            for arr, dest in zip(arrays, files, strict=True):
+                with atomic_write(dest) as f:
+                    np.save(f, arr, allow_pickle=False)
             log.info(
                 "built domain blocklist cache %s (%d entries) in %.1fs",
-                hashes_path,
-                hashes.size,
+                files[0],
+                arrays[0].size,
                 time.perf_counter() - t0,
             )
-            del hashes, bitmap
+            del arrays
             _release_free_heap()  # the build churns ~200 MB of small objects
-        inst = cls._try_open(src, hashes_path, bitmap_path, built=True)
+        inst = cls._open_cache(src, files, built=True)
         if inst is None:  # pragma: no cover - cache dir not readable back
-            raise OSError(f"could not read back blocklist cache {hashes_path}")
+            raise OSError(f"could not read back blocklist cache {files[0]}")
         return inst
 
     @classmethod
-    def _try_open(
-        cls, src: Path, hashes_path: Path, bitmap_path: Path, built: bool = False
+    def _open_cache(
+        cls, src: Path, files: tuple[Path, Path], built: bool = False
     ) -> DomainBlocklist | None:
+        hashes_path, bitmap_path = files
         if not (hashes_path.is_file() and bitmap_path.is_file()):
             return None
         try:
             hashes = np.load(hashes_path, mmap_mode="r", allow_pickle=False)
             bitmap = np.load(bitmap_path, mmap_mode="r", allow_pickle=False)
-            return cls(hashes, bitmap, src, (hashes_path, bitmap_path), built=built)
+            return cls(hashes, bitmap, src, files, built=built)
         except (OSError, ValueError) as e:
             log.warning("ignoring unreadable blocklist cache %s: %s", hashes_path, e)
             return None
@@ -521,10 +350,6 @@ class DomainBlocklist:
     def __len__(self) -> int:
         return self._n
 
-    def _contains_bytes(self, b: bytes) -> bool:
-        c = zlib.crc32(b) & self._bitmap_mask
-        return bool((self._bitmap[c >> 3] >> (c & 7)) & 1) and self._contains_hashed(b)
-
     def _contains_hashed(self, b: bytes) -> bool:
         h = int.from_bytes(hashlib.blake2b(b, digest_size=8).digest(), "little")
         mv = self._hashes_mv
@@ -533,7 +358,7 @@ class DomainBlocklist:
 
     def contains_normalized(self, host: str) -> bool:
         """`contains_host` for a host already normalised by `normalize_host` / `split_url`."""
-        # host_suffixes(), inlined: this is the hot path (~0.2 µs per suffix when not listed)
+        # the host, then each parent domain; the hot path (~0.2 µs per suffix when not listed)
         mv = self._bitmap
         mask = self._bitmap_mask
         crc32 = zlib.crc32
@@ -557,7 +382,11 @@ class DomainBlocklist:
         if not isinstance(domain, str):
             return False
         d = normalize_domain(domain)
-        return d is not None and self._contains_bytes(d.encode())
+        if d is None:
+            return False
+        b = d.encode()
+        c = zlib.crc32(b) & self._bitmap_mask
+        return bool((self._bitmap[c >> 3] >> (c & 7)) & 1) and self._contains_hashed(b)
 
     def contains_host(self, host: str) -> bool:
         """Whether `host` or any parent domain of it is listed. Accepts a host or a URL."""
@@ -569,18 +398,9 @@ class DomainBlocklist:
         return norm is not None and self.contains_normalized(norm)
 
 
-def reset_loaded_blocklists() -> None:
-    """Forget the per-process memo of `DomainBlocklist.load` / `UrlBlocklist.load` (tests)."""
-    with _LOADED_LOCK:
-        _LOADED.clear()
-        _LOADED_URLS.clear()
-
-
 # ---------------------------------------------------------------------------------------------
 # URL blocklist
 # ---------------------------------------------------------------------------------------------
-
-_LOADED_URLS: dict[tuple, UrlBlocklist] = {}
 
 
 class UrlBlocklist:
@@ -601,19 +421,14 @@ class UrlBlocklist:
     def load(cls, path: str | os.PathLike[str] | None = None) -> UrlBlocklist:
         """The URL list in file `path` (``.gz``/``.xz``/text, or a directory holding
         ``ut1-urls.txt.gz``); None: the packaged UT1 list. Memoised per process."""
-        src = Path(path).expanduser() if path is not None else PACKAGED_URLS
-        if src.is_dir():
-            src = src / URLS_FILENAME
-        src = src.resolve()
+        src = _list_file(path, URLS_FILENAME)
         st = src.stat()
-        key = (str(src), st.st_size, st.st_mtime_ns)
-        with _LOADED_LOCK:
-            inst = _LOADED_URLS.get(key)
-            if inst is None:
-                with _open_text(src) as f:
-                    inst = cls.from_lines(f, src)
-                _LOADED_URLS[key] = inst
-        return inst
+
+        def load() -> UrlBlocklist:
+            with _open_text(src) as f:
+                return cls.from_lines(f, src)
+
+        return _memoised((cls, str(src), st.st_size, st.st_mtime_ns), load)
 
     def __len__(self) -> int:
         return len(self.urls)
@@ -635,152 +450,3 @@ class UrlBlocklist:
     def contains_url(self, url: str) -> bool:
         parts = split_url(url)
         return parts is not None and self.contains_parts(parts[0], parts[1])
-
-
-# ---------------------------------------------------------------------------------------------
-# Updating from UT1
-# ---------------------------------------------------------------------------------------------
-
-
-class BlocklistUpdateError(RuntimeError):
-    """Downloading or unpacking a UT1 category failed."""
-
-
-_CATEGORY_RE = re.compile(r"[a-z0-9_\-]+")
-
-
-def parse_ut1_tarball(fileobj: IO[bytes], category: str) -> tuple[list[str], list[str]]:
-    """Read ``<category>/domains`` and ``<category>/urls`` from a UT1 category tarball.
-
-    Returns ``(domains, urls)`` normalised (invalid and comment lines dropped). Members may sit
-    under extra leading directories (``blacklists/adult/domains``) and may be symlinks inside
-    the archive; nothing is extracted to disk. A tarball without a ``domains`` member for the
-    category raises `BlocklistUpdateError`; a missing ``urls`` member gives an empty list.
-    """
-    found: dict[str, list[str]] = {}
-    try:
-        with tarfile.open(fileobj=fileobj, mode="r:*") as tar:
-            for member in tar.getmembers():
-                parts = [p for p in member.name.replace("\\", "/").split("/") if p not in ("", ".")]
-                if len(parts) < 2 or parts[-2] != category or parts[-1] not in ("domains", "urls"):
-                    continue
-                if not (member.isfile() or member.issym() or member.islnk()):
-                    continue
-                f = tar.extractfile(member)  # follows in-archive links
-                if f is None:
-                    continue
-                with f:
-                    text = io.TextIOWrapper(f, encoding="utf-8", errors="replace")
-                    norm = normalize_domain if parts[-1] == "domains" else normalize_url_entry
-                    found[parts[-1]] = [x for x in map(norm, text) if x]
-    except (tarfile.TarError, EOFError, OSError, KeyError) as e:
-        raise BlocklistUpdateError(f"bad UT1 tarball for category {category!r}: {e}") from e
-    if "domains" not in found:
-        raise BlocklistUpdateError(f"UT1 tarball has no {category}/domains member")
-    return found["domains"], found.get("urls", [])
-
-
-def _download(url: str, dest: IO[bytes], timeout: float) -> None:
-    req = urllib.request.Request(url, headers={"User-Agent": "refine-blocklist-updater/1"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            status = getattr(resp, "status", None)
-            if status is not None and status >= 400:
-                raise BlocklistUpdateError(f"downloading {url}: HTTP {status}")
-            while chunk := resp.read(1 << 20):
-                dest.write(chunk)
-    except urllib.error.HTTPError as e:
-        raise BlocklistUpdateError(f"downloading {url}: HTTP {e.code} {e.reason}") from e
-    except urllib.error.URLError as e:
-        raise BlocklistUpdateError(
-            f"downloading {url} failed ({e.reason}); is this machine online? "
-            "Download the tarballs elsewhere and pass base_url='file:///dir/{category}.tar.gz'"
-        ) from e
-    except (TimeoutError, OSError) as e:
-        raise BlocklistUpdateError(f"downloading {url} failed: {e}") from e
-
-
-def _atomic_write_bytes(data: bytes, dest: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".tmp")
-    try:
-        os.fchmod(fd, _umask_mode())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def update_blocklist(
-    dest_dir: str | os.PathLike[str],
-    categories: Iterable[str] = FINEWEB_UT1_CATEGORIES,
-    *,
-    base_url: str = UT1_DOWNLOAD_URL,
-    timeout: float = 120.0,
-) -> Path:
-    """Download UT1 category tarballs and write ``ut1-domains.txt.xz`` and ``ut1-urls.txt.gz``.
-
-    ``base_url`` is formatted with ``category=`` (a ``file://`` template works offline).
-    All categories are fetched and parsed before anything is written; each output file is
-    replaced atomically. Returns `dest_dir`, which can be passed as ``blocklist_path`` /
-    `DomainBlocklist.load` / `UrlBlocklist.load`. Raises `BlocklistUpdateError` on failure.
-    """
-    cats = list(dict.fromkeys(categories))
-    if not cats:
-        raise ValueError("no categories given")
-    for c in cats:
-        if not _CATEGORY_RE.fullmatch(c):
-            raise ValueError(f"invalid UT1 category name {c!r}")
-    dest = Path(dest_dir).expanduser()
-    dest.mkdir(parents=True, exist_ok=True)
-    domains: set[str] = set()
-    urls: set[str] = set()
-    for cat in cats:
-        url = base_url.format(category=cat)
-        log.info("downloading UT1 category %s from %s", cat, url)
-        with tempfile.TemporaryFile() as tmp:
-            _download(url, tmp, timeout)
-            tmp.seek(0)
-            d, u = parse_ut1_tarball(tmp, cat)  # type: ignore[arg-type]
-        log.info("UT1 %s: %d domains, %d urls", cat, len(d), len(u))
-        domains.update(d)
-        urls.update(u)
-    dom_bytes = ("\n".join(sorted(domains)) + "\n").encode()
-    url_bytes = ("\n".join(sorted(urls)) + "\n").encode() if urls else b""
-    _atomic_write_bytes(lzma.compress(dom_bytes, preset=6), dest / DOMAINS_FILENAME)
-    _atomic_write_bytes(gzip.compress(url_bytes, mtime=0), dest / URLS_FILENAME)
-    return dest
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m refine.blocklist {update,build-cache}``."""
-    p = argparse.ArgumentParser(prog="python -m refine.blocklist")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    up = sub.add_parser("update", help="download UT1 lists into DEST_DIR")
-    up.add_argument("dest_dir")
-    up.add_argument("--categories", nargs="+", default=list(FINEWEB_UT1_CATEGORIES))
-    up.add_argument("--base-url", default=UT1_DOWNLOAD_URL, help="with {category}; file:// ok")
-    bc = sub.add_parser("build-cache", help="build (or verify) the domain hash cache")
-    bc.add_argument("path", nargs="?", default=None)
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.cmd == "update":
-        try:
-            print(update_blocklist(args.dest_dir, args.categories, base_url=args.base_url))
-        except BlocklistUpdateError as e:
-            raise SystemExit(f"error: {e}") from e
-    else:
-        t0 = time.perf_counter()
-        bl = DomainBlocklist.load(args.path)
-        print(
-            f"{len(bl)} domains, cache {bl.cache_files[0] if bl.cache_files else None}, "
-            f"{'built' if bl.built else 'reused'} in {time.perf_counter() - t0:.2f}s"
-        )
-
-
-if __name__ == "__main__":
-    main()

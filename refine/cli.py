@@ -66,6 +66,15 @@ def _parser() -> argparse.ArgumentParser:
         "update", help="download UT1's current lists (needs internet) into a directory")
     update.add_argument("--dest", required=True, help="directory for ut1-domains.txt.xz etc.; "
                         "point url.blocklist_path in your config at it")
+    update.add_argument("--categories", nargs="+", metavar="CATEGORY",
+                        help="UT1 categories (default: the ten FineWeb blocks)")
+    update.add_argument("--base-url", help="download URL with {category}; a file:// URL "
+                        "reads tarballs downloaded elsewhere (default: UT1's server)")
+    build_cache = block_commands.add_parser(
+        "build-cache", help="build (or check) the domain list's hash cache, so that workers "
+        "only map it ($REFINE_CACHE_DIR, default ~/.cache/refine)")
+    build_cache.add_argument("path", nargs="?", help="domain list, or a directory from "
+                             "'blocklist update' (default: the packaged UT1 list)")
     return parser
 
 
@@ -137,9 +146,32 @@ def _command_stats(args: argparse.Namespace) -> int:
 
 
 def _command_blocklist(args: argparse.Namespace) -> int:
-    from refine.blocklist import update_blocklist
+    if args.blocklist_command == "build-cache":
+        import time
 
-    print(f"wrote {update_blocklist(Path(args.dest))}")
+        from refine.blocklist import DomainBlocklist
+
+        start = time.perf_counter()
+        domains = DomainBlocklist.load(args.path)
+        cache = domains.cache_files[0] if domains.cache_files else "none (cache dir not writable)"
+        print(f"{len(domains)} domains, cache {cache}, {'built' if domains.built else 'reused'} "
+              f"in {time.perf_counter() - start:.2f}s")
+        return EXIT_OK
+
+    from refine.blocklist_update import (
+        FINEWEB_UT1_CATEGORIES,
+        UT1_DOWNLOAD_URL,
+        BlocklistUpdateError,
+        update_blocklist,
+    )
+
+    try:
+        dest = update_blocklist(Path(args.dest), args.categories or FINEWEB_UT1_CATEGORIES,
+                                base_url=args.base_url or UT1_DOWNLOAD_URL)
+    except BlocklistUpdateError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"wrote {dest}")
     return EXIT_OK
 
 

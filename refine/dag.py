@@ -47,6 +47,8 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # we show our own progress (units, documents); Ray Data warns that its bars are off
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     if address:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
     else:

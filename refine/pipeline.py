@@ -7,13 +7,13 @@ are renamed into place, so its presence marks the unit as finished (resume relie
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import time
 from pathlib import Path
 from typing import Any
 
+from refine.atomic_file import write_json_atomic
 from refine.config import RunConfig
 from refine.document import Document, Filter
 from refine.filters.language import LanguageFilter
@@ -93,7 +93,7 @@ class UnitProcessor:
             "process_cpu_s": round(time.process_time(), 3),  # cumulative, Ray's threads included
             "extract_child_cpu_s": round(self.sandbox.child_cpu_s, 3),  # cumulative
         }
-        _write_json_atomic(self.run_dir / PARTS / f"{unit.id}.json", summary)
+        write_json_atomic(self.run_dir / PARTS / f"{unit.id}.json", summary)
         return summary
 
     def _process_record(self, record: SourceRecord, stats: UnitStats, kept: ShardWriter,
@@ -176,10 +176,3 @@ class UnitProcessor:
             "language": doc.language, "metrics": doc.metrics, "text": cut,
             "text_chars": len(doc.text),
         }, len(cut))
-
-
-def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(json.dumps(payload, indent=1, sort_keys=True))
-    os.replace(temp, path)

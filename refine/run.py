@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from refine import __version__
+from refine.atomic_file import write_json_atomic
 from refine.config import RunConfig
 from refine.filters.url import URLFilter
 from refine.pipeline import DATA, PARTS, REJECTED, unit_done
@@ -53,15 +53,12 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
-    os.replace(temp, path)
-
-
 def _prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool, overwrite: bool) -> None:
     manifest = run_dir / MANIFEST
     if run_dir.exists() and any(run_dir.iterdir()):
+        if overwrite and not manifest.exists():
+            raise RunError(f"refusing to --overwrite {run_dir}: it is not a refine run "
+                           f"(no {MANIFEST})")
         if overwrite:
             shutil.rmtree(run_dir)
         elif not resume:
@@ -114,7 +111,7 @@ def run(config: RunConfig, inputs: list[str], output: str | Path, workers: int =
     wall = time.monotonic() - started
     stats["last_launch"] = {"wall_s": round(wall, 3), "units": len(pending), "workers": workers,
                             "docs_per_s": round(docs_this_launch / wall, 1)}
-    _write_json(run_dir / STATS, stats)
+    write_json_atomic(run_dir / STATS, stats)
     _write_manifest(run_dir, manifest, units, "complete")
     return RunResult(run_dir, stats, len(units), len(units) - len(pending), wall)
 
@@ -126,4 +123,4 @@ def _write_manifest(run_dir: Path, manifest: dict[str, Any], units: list[Unit],
         entry["units_done"] = sum(unit_done(run_dir, u) for u in mine)
         entry["complete"] = entry["units_done"] == len(mine)
     manifest["status"] = status
-    _write_json(run_dir / MANIFEST, manifest)
+    write_json_atomic(run_dir / MANIFEST, manifest)

@@ -21,20 +21,23 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from refine import blocklist as bl
+from refine import blocklist, cli
 from refine.blocklist import (
     PACKAGED_DOMAINS,
     PACKAGED_URLS,
-    BlocklistUpdateError,
     DomainBlocklist,
     UrlBlocklist,
-    parse_ut1_tarball,
     reset_loaded_blocklists,
-    split_url,
+)
+from refine.blocklist_update import (
+    FINEWEB_UT1_CATEGORIES,
+    BlocklistUpdateError,
+    parse_ut1_tarball,
     update_blocklist,
 )
 from refine.document import Document
 from refine.filters.url import DEFAULT_EXCLUDED_DOMAINS, URLFilter, URLFilterConfig
+from refine.urlnorm import split_url
 
 
 def _doc(url: str) -> Document:
@@ -407,7 +410,37 @@ def test_update_blocklist_errors(tmp_path):
     assert not (tmp_path / "out" / "ut1-domains.txt.xz").exists()
     with pytest.raises(ValueError):
         update_blocklist(tmp_path / "out", ["../etc"])
-    assert bl.FINEWEB_UT1_CATEGORIES[0] == "adult"
+    assert FINEWEB_UT1_CATEGORIES[0] == "adult"
+    # the update API stays importable from refine.blocklist
+    assert blocklist.update_blocklist is update_blocklist
+    assert blocklist.BlocklistUpdateError is BlocklistUpdateError
+
+
+def test_cli_blocklist_update_and_build_cache(tmp_path, monkeypatch, capsys):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    _make_tarball(mirror / "chat.tar.gz", "chat", "chat.example\nwww.talk.example\n", None)
+    base_url = mirror.as_uri() + "/{category}.tar.gz"
+    dest = tmp_path / "lists"
+    update = ["blocklist", "update", "--dest", str(dest), "--base-url", base_url]
+    assert cli.main([*update, "--categories", "chat"]) == cli.EXIT_OK
+    assert f"wrote {dest}" in capsys.readouterr().out
+    with lzma.open(dest / "ut1-domains.txt.xz", "rt") as f:
+        assert f.read().split() == ["chat.example", "talk.example"]
+
+    assert cli.main([*update, "--categories", "dating"]) == cli.EXIT_ERROR  # not in the mirror
+    assert "error:" in capsys.readouterr().err
+
+    monkeypatch.setenv("REFINE_CACHE_DIR", str(tmp_path / "cache"))
+    reset_loaded_blocklists()
+    assert cli.main(["blocklist", "build-cache", str(dest)]) == cli.EXIT_OK
+    out = capsys.readouterr().out
+    assert out.startswith("2 domains, cache ") and " built in " in out
+    assert str(tmp_path / "cache") in out
+    reset_loaded_blocklists()
+    assert cli.main(["blocklist", "build-cache", str(dest)]) == cli.EXIT_OK
+    assert " reused in " in capsys.readouterr().out
+    reset_loaded_blocklists()
 
 
 def test_unwritable_cache_dir_falls_back_to_memory(tmp_path):

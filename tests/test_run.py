@@ -137,7 +137,7 @@ def test_killed_run_resumes_to_the_same_output(two_worker_run, tmp_path):
     for sub in ("data", "rejected"):
         clean = sorted((r["id"], r["text"]) for r in rows(two_worker_run.run_dir, sub))
         assert sorted((r["id"], r["text"]) for r in rows(out, sub)) == clean
-    assert not list(out.rglob(".*.tmp")), "temp files left behind"
+    assert not list(out.rglob("*.tmp")), "temp files left behind"
     check_accounting(out, WARCS)
 
 
@@ -159,3 +159,12 @@ def test_accounting_over_every_shared_warc(local_ray, demo_config, tmp_path):
     result = run(demo_config, inputs, tmp_path / "shared", workers=2)
     stats = check_accounting(result.run_dir, inputs)
     assert stats["documents"]["read"] >= 1213 + 16 + 1 + 1 + 1
+
+
+def test_overwrite_refuses_a_directory_that_is_not_a_run(tmp_path, demo_config):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    with pytest.raises(RunError, match="not a refine run"):
+        run(demo_config, WARCS, precious, workers=1, overwrite=True)
+    assert (precious / "thesis.tex").exists()

@@ -42,15 +42,9 @@ from urllib.parse import unquote
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from refine.blocklist import (
-    DATA_DIR,
-    URLS_FILENAME,
-    DomainBlocklist,
-    UrlBlocklist,
-    normalize_domain,
-    split_url,
-)
+from refine.blocklist import DATA_DIR, URLS_FILENAME, DomainBlocklist, UrlBlocklist
 from refine.document import Document
+from refine.urlnorm import normalize_domain, split_url
 
 HARD_WORDS_PATH = DATA_DIR / "url-hard-words.txt"
 SOFT_WORDS_PATH = DATA_DIR / "url-soft-words.txt"
