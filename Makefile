@@ -17,7 +17,12 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/refine run configs/demo.yaml --input 'tests/data/warc/*.gz' \
 		--output $(DEMO) --workers 2 --overwrite
-	$(VENV)/bin/refine stats $(DEMO) > /dev/null
+	$(PY) -m pretrain.tokenizer --data $(DEMO)/data --out $(DEMO)-tokenizer --vocab-size 8000 \
+		--overwrite
+	$(PY) -m pretrain.tokenize --data $(DEMO)/data --tokenizer $(DEMO)-tokenizer \
+		--out $(DEMO)-tokens --val-fraction 0.05 --workers 2 --overwrite
+	$(PY) -m pretrain.hf_export --tokenizer $(DEMO)-tokenizer --out $(DEMO)-hf-tokenizer
+	$(PY) -m pretrain.dataset --tokens $(DEMO)-tokens --seq-len 512 --world-size 2
 
 test: setup
 	$(VENV)/bin/pytest -q -rs
@@ -28,9 +33,10 @@ test-fast: setup
 bench: setup
 	$(PY) bench/refine_throughput.py
 	$(PY) bench/extraction_quality.py
+	$(PY) bench/tokenizer.py
 
 lint: setup
-	$(VENV)/bin/ruff check refine tests bench
+	$(VENV)/bin/ruff check refine pretrain tests bench
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -3,6 +3,8 @@ from pathlib import Path
 
 import pytest
 
+from .pretrain_data import VAL_FRACTION, VOCAB_SIZE
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).parent / "data"
 SHARED = ROOT.parent / "shared" / "data"
@@ -25,3 +27,34 @@ def local_ray():
     init_ray(None, num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def refine_run(local_ray, tmp_path_factory) -> Path:
+    """A real refine run (configs/demo.yaml over tests/data/warc), made with the Python API."""
+    from refine.config import load_config
+    from refine.run import run
+
+    inputs = sorted(str(p) for p in (DATA / "warc").glob("*.gz"))
+    out = tmp_path_factory.mktemp("pretrain-run") / "run"
+    run(load_config(ROOT / "configs" / "demo.yaml"), inputs, out, workers=2)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(refine_run, tmp_path_factory) -> Path:
+    from pretrain.tokenizer import TrainerOptions, train_tokenizer
+
+    out = tmp_path_factory.mktemp("pretrain-tok")
+    train_tokenizer(refine_run / "data", out, vocab_size=VOCAB_SIZE, seed=0,
+                    options=TrainerOptions(vocab_size=VOCAB_SIZE, num_threads=2))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tokens_dir(local_ray, refine_run, tokenizer_dir, tmp_path_factory) -> Path:
+    from pretrain.tokenize import tokenize_run
+
+    out = tmp_path_factory.mktemp("pretrain-tokens") / "tokens"
+    tokenize_run(refine_run / "data", tokenizer_dir, out, val_fraction=VAL_FRACTION, workers=2)
+    return out

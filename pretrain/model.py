@@ -1,0 +1,246 @@
+"""A Llama-style decoder-only causal LM in one file: RMSNorm, RoPE, SwiGLU, optional GQA.
+
+Module names equal `transformers`' LlamaForCausalLM (`model.embed_tokens`,
+`model.layers.{i}.self_attn.{q,k,v,o}_proj`, `model.layers.{i}.mlp.{gate,up,down}_proj`,
+`model.layers.{i}.{input,post_attention}_layernorm`, `model.norm`, `lm_head`), and so does the
+arithmetic (RMSNorm in fp32, `rotate_half` RoPE with inv_freq = 1 / theta^(2i/d), kv heads
+repeated for GQA), so `state_dict()` *is* a LlamaForCausalLM checkpoint (see `pretrain.export`).
+The state dict holds parameters only: RoPE's cos/sin are computed in fp32 in each forward
+(cheap: seq_len x head_dim / 2), so casting the model to bf16 never rounds the frequencies.
+
+Labels follow `transformers`: `labels` is aligned with `input_ids` (usually `labels = input_ids`)
+and shifted inside, position t's logits predicting labels[:, t + 1]; -100 is ignored. With a
+`pretrain.dataset.TokenDataset` window of seq_len + 1 tokens, call `model(window, labels=window)`
+(every token but the first is a target), or `model(window[:, :-1])` and
+`next_token_loss(logits, window[:, 1:])` whose targets are already shifted.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import Tensor, nn
+
+IGNORE_INDEX = -100
+
+
+class ModelConfig(BaseModel):
+    """The architecture; field names are `transformers.LlamaConfig`'s."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    vocab_size: int = Field(ge=1)
+    hidden_size: int = Field(ge=1)
+    intermediate_size: int = Field(ge=1)
+    num_hidden_layers: int = Field(ge=1)
+    num_attention_heads: int = Field(ge=1)
+    num_key_value_heads: int | None = Field(None, ge=1)  # None: = num_attention_heads (no GQA)
+    max_position_embeddings: int = Field(2048, ge=1)
+    rms_norm_eps: float = Field(1e-5, gt=0)
+    rope_theta: float = Field(10000.0, gt=0)
+    tie_word_embeddings: bool = False
+    initializer_range: float = Field(0.02, gt=0)
+    scale_residual_init: bool = True  # o_proj, down_proj: std / sqrt(2 * layers) (GPT-2)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_kv_heads(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("num_key_value_heads") is None:
+            data = {**data, "num_key_value_heads": data.get("num_attention_heads")}
+        return data
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> ModelConfig:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of "
+                             f"num_attention_heads {self.num_attention_heads}")
+        if self.num_attention_heads % self.kv_heads:
+            raise ValueError(f"num_attention_heads {self.num_attention_heads} is not a multiple "
+                             f"of num_key_value_heads {self.kv_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim {self.head_dim} must be even for RoPE")
+        return self
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_key_value_heads or self.num_attention_heads  # never None once validated
+
+
+class CausalLMOutput(NamedTuple):
+    logits: Tensor  # (batch, seq, vocab)
+    loss: Tensor | None  # mean next-token cross-entropy, when labels were given
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def rope_cos_sin(config: ModelConfig, seq_len: int, device: torch.device,
+                 dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """cos, sin of shape (seq_len, head_dim) for positions 0..seq_len-1, computed in fp32."""
+    dim = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (
+        torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim))
+    freqs = torch.outer(torch.arange(seq_len, dtype=torch.float32, device=device), inv_freq)
+    angles = torch.cat((freqs, freqs), dim=-1)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    return x * cos + rotate_half(x) * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = (config.num_attention_heads, config.kv_heads,
+                                                    config.head_dim)
+        hidden = config.hidden_size
+        self.q_proj = nn.Linear(hidden, self.heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(hidden, self.kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(hidden, self.kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.heads * self.head_dim, hidden, bias=False)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        batch, seq, _ = x.shape
+        q = self.q_proj(x).view(batch, seq, self.heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(batch, seq, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(batch, seq, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.kv_heads != self.heads:  # GQA: query head h reads kv head h // group
+            group = self.heads // self.kv_heads
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.o_proj(y.transpose(1, 2).reshape(batch, seq, self.heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Decoder(nn.Module):
+    """`model.*` of LlamaForCausalLM: embeddings, layers, final norm."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        seq = input_ids.shape[1]
+        if seq > self.config.max_position_embeddings:
+            raise ValueError(f"sequence of {seq} tokens > max_position_embeddings "
+                             f"{self.config.max_position_embeddings}")
+        x = self.embed_tokens(input_ids)
+        cos, sin = rope_cos_sin(self.config, seq, x.device, x.dtype)
+        for layer in self.layers:
+            x = layer(x, cos, sin)
+        return self.norm(x)
+
+
+def next_token_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy (fp32) of logits[:, t] against targets[:, t], already shifted;
+    positions whose target is -100 are left out (all left out: nan)."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
+                           ignore_index=IGNORE_INDEX)
+
+
+class CausalLM(nn.Module):
+    """LlamaForCausalLM: `model` (the decoder) and `lm_head` (tied to the embeddings or not)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.model = Decoder(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        if self.lm_head.weight.device.type != "meta":  # meta: shapes only, nothing to fill
+            self.init_weights()
+
+    def init_weights(self) -> None:
+        """normal(0, initializer_range) for every matrix, ones for norms; o_proj and down_proj
+        get std / sqrt(2 * num_hidden_layers) when scale_residual_init (GPT-2, nanoGPT)."""
+        std = self.config.initializer_range
+        residual_std = std / math.sqrt(2 * self.config.num_hidden_layers)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear | nn.Embedding):
+                scaled = self.config.scale_residual_init and name.endswith(("o_proj", "down_proj"))
+                if not (name == "lm_head" and self.config.tie_word_embeddings):
+                    nn.init.normal_(module.weight, mean=0.0, std=residual_std if scaled else std)
+            elif isinstance(module, RMSNorm):
+                nn.init.ones_(module.weight)
+
+    def forward(self, input_ids: Tensor, labels: Tensor | None = None) -> CausalLMOutput:
+        """input_ids, labels: (batch, seq) int64; labels aligned with input_ids (not shifted)."""
+        logits = self.lm_head(self.model(input_ids))
+        loss = None
+        if labels is not None:
+            loss = next_token_loss(logits[:, :-1], labels[:, 1:])
+        return CausalLMOutput(logits, loss)
+
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        """Distinct parameters (a tied matrix counts once); without the input embedding table
+        (but with a tied lm_head) if exclude_embeddings."""
+        total = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings and not self.config.tie_word_embeddings:
+            total -= self.model.embed_tokens.weight.numel()
+        return total
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Training FLOPs per token (forward + backward), as in PaLM (appendix B) and nanoGPT:
+
+            6 * N + 12 * L * H * Q * T
+
+        N = num_params(exclude_embeddings=True): every weight used in a matmul, lm_head
+        included, the embedding lookup not (2 FLOPs per weight forward, 4 backward). The second
+        term is attention's QK^T and AV over T = seq_len keys with H heads of dim Q in L layers,
+        not halved for the causal mask (the usual MFU convention). MFU = flops_per_token *
+        tokens/s / peak FLOP/s."""
+        config = self.config
+        attention = (12 * config.num_hidden_layers * config.num_attention_heads
+                     * config.head_dim * seq_len)
+        return 6 * self.num_params(exclude_embeddings=True) + attention

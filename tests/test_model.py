@@ -1,0 +1,185 @@
+"""pretrain.model (the Llama-style decoder) and pretrain.config (configs/pretrain/*.yaml)."""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pretrain.config import ConfigError, load_config, parse_config
+from pretrain.model import CausalLM, ModelConfig, next_token_loss, rope_cos_sin
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "pretrain"
+VOCAB = 96
+
+
+def tiny(**overrides) -> ModelConfig:
+    fields = {"vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 64,
+              "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 64}
+    return ModelConfig(**(fields | overrides))
+
+
+def build(seed: int = 0, **overrides) -> CausalLM:
+    torch.manual_seed(seed)
+    return CausalLM(tiny(**overrides)).eval()
+
+
+def ids(batch: int = 2, seq: int = 24, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (batch, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def test_shapes_and_loss_at_init_is_near_uniform():
+    model = build()
+    tokens = ids()
+    out = model(tokens, labels=tokens)
+    assert out.logits.shape == (2, 24, VOCAB) and out.logits.dtype == torch.float32
+    assert out.loss.shape == () and abs(out.loss.item() - math.log(VOCAB)) < 0.1
+    assert model(tokens).loss is None
+
+
+def test_causal_a_future_token_changes_no_earlier_logits():
+    model = build()
+    tokens = ids(batch=1, seq=32)
+    changed = tokens.clone()
+    changed[0, 20] = (changed[0, 20] + 1) % VOCAB
+    with torch.no_grad():
+        before, after = model(tokens).logits, model(changed).logits
+    assert torch.equal(before[:, :20], after[:, :20])
+    assert not torch.allclose(before[:, 20:], after[:, 20:])
+
+
+def test_loss_is_shifted_mean_cross_entropy_ignoring_minus_100():
+    model = build()
+    tokens = ids()
+    labels = tokens.clone()
+    labels[0, 5:9] = -100
+    labels[1, -1] = -100
+    with torch.no_grad():
+        out = model(tokens, labels=labels)
+    logp = torch.log_softmax(out.logits.double(), dim=-1)
+    terms = [-logp[b, t, labels[b, t + 1]] for b in range(2) for t in range(23)
+             if labels[b, t + 1] != -100]
+    expected = torch.stack(terms).mean()
+    assert len(terms) == 2 * 23 - 5
+    assert abs(out.loss.item() - expected.item()) < 1e-5
+    reference = F.cross_entropy(out.logits[:, :-1].reshape(-1, VOCAB), labels[:, 1:].reshape(-1))
+    assert torch.allclose(out.loss, reference)
+    assert torch.allclose(next_token_loss(out.logits[:, :-1], labels[:, 1:]), out.loss)
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2])
+def test_gqa_equals_attention_with_repeated_kv_heads(kv_heads):
+    gqa = build(num_key_value_heads=kv_heads)
+    assert gqa.model.layers[0].self_attn.k_proj.weight.shape == (kv_heads * 8, 32)
+    mha = build(seed=5)  # same shapes otherwise: copy GQA's weights, kv heads repeated
+    state = gqa.state_dict()
+    group = 4 // kv_heads
+    for name, tensor in state.items():
+        if name.endswith(("k_proj.weight", "v_proj.weight")):
+            state[name] = tensor.view(kv_heads, 8, 32).repeat_interleave(group, 0).reshape(32, 32)
+    mha.load_state_dict(state)
+    tokens = ids()
+    with torch.no_grad():
+        assert torch.allclose(gqa(tokens).logits, mha(tokens).logits, atol=1e-5)
+
+
+def test_rope_scores_depend_only_on_relative_position():
+    config = tiny()
+    cos, sin = rope_cos_sin(config, 40, torch.device("cpu"), torch.float32)
+    q, k = torch.randn(8), torch.randn(8)
+
+    def score(m: int, n: int) -> float:
+        from pretrain.model import apply_rope
+
+        return float(apply_rope(q, cos[m], sin[m]) @ apply_rope(k, cos[n], sin[n]))
+
+    assert abs(score(10, 3) - score(30, 23)) < 1e-4
+    assert abs(score(10, 3) - score(10, 4)) > 1e-4
+
+
+def test_backward_and_too_long_input():
+    model = build().train()
+    tokens = ids(seq=64)
+    model(tokens, labels=tokens).loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        model(ids(seq=65))
+
+
+def test_init_tied_weights_and_param_counts():
+    tied, untied = build(tie_word_embeddings=True), build()
+    assert tied.lm_head.weight is tied.model.embed_tokens.weight
+    assert "lm_head.weight" in tied.state_dict()  # as in transformers: same tensor, two names
+    layer = untied.model.layers[0]
+    assert abs(layer.self_attn.q_proj.weight.std().item() - 0.02) < 0.004
+    assert abs(layer.mlp.down_proj.weight.std().item() - 0.02 / math.sqrt(4)) < 0.002
+    assert torch.equal(layer.input_layernorm.weight, torch.ones(32))
+    per_layer = 4 * 32 * 32 + 3 * 32 * 64 + 2 * 32
+    body = 2 * per_layer + 32 + VOCAB * 32  # layers, final norm, embeddings
+    assert tied.num_params() == body and untied.num_params() == body + VOCAB * 32
+    assert tied.num_params(exclude_embeddings=True) == body  # the tied matrix is lm_head's
+    assert untied.num_params(exclude_embeddings=True) == body
+    attention = 12 * 2 * 4 * 8 * 128
+    assert untied.flops_per_token(128) == 6 * body + attention
+
+
+def test_model_config_checks_heads():
+    assert tiny().num_key_value_heads == 4 and tiny().head_dim == 8
+    with pytest.raises(ValueError, match="num_attention_heads"):
+        tiny(hidden_size=30)
+    with pytest.raises(ValueError, match="num_key_value_heads 3"):
+        tiny(num_key_value_heads=3)
+    with pytest.raises(ValueError, match="vocab_size"):
+        tiny(vocab_size=0)
+
+
+@pytest.mark.parametrize("size", ["tiny", "125m", "350m", "1b"])
+def test_every_pretrain_config_loads(size):
+    config = load_config(CONFIGS / f"{size}.yaml")
+    assert config.model.vocab_size == "auto"
+    assert config.training.seq_len <= config.model.max_position_embeddings
+    model_config = config.model_for(32000)
+    assert model_config.vocab_size == 32000
+    with torch.device("meta"):
+        params = CausalLM(model_config).num_params()
+    nominal = {"tiny": 4.5e6, "125m": 125e6, "350m": 350e6, "1b": 1.1e9}[size]
+    assert 0.8 * nominal < params < 1.1 * nominal
+
+
+def _raw(size: str = "tiny") -> dict:
+    import yaml
+
+    return yaml.safe_load((CONFIGS / f"{size}.yaml").read_text())
+
+
+@pytest.mark.parametrize(("section", "key", "value", "message"), [
+    ("training", "lrr", 1.0, "training.lrr: Extra inputs are not permitted"),
+    ("model", "hidden_size", "big", "model.hidden_size: Input should be a valid integer"),
+    ("model", "vocab_size", "automatic", "model.vocab_size"),
+    ("training", "min_lr", 1.0, "min_lr 1.0 > lr"),
+    ("training", "seq_len", 4096, "training.seq_len 4096 > model.max_position_embeddings"),
+])
+def test_config_errors_name_the_key(section, key, value, message):
+    data = _raw()
+    data[section][key] = value
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        parse_config(data, "tiny.yaml")
+
+
+def test_config_missing_key_and_vocab_resolution(tmp_path):
+    data = _raw()
+    del data["training"]["max_steps"]
+    with pytest.raises(ConfigError, match=r"training\.max_steps: Field required"):
+        parse_config(data)
+    config = parse_config(_raw())
+    with pytest.raises(ConfigError, match="auto"):
+        config.model_for()
+    data = _raw()
+    data["model"]["vocab_size"] = 500
+    fixed = parse_config(data)
+    assert fixed.model_for().vocab_size == 500 and fixed.model_for(400).vocab_size == 500
+    with pytest.raises(ConfigError, match="vocab_size 500 < the tokenizer's 600"):
+        fixed.model_for(600)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
