@@ -109,8 +109,9 @@ class UnitProcessor:
                 stats.warnings.append(f"{doc.file_path} @ {doc.offset}: {record.reason}")
             return self._reject(doc, "read", record.reason, stats, rejected)
         read["out"] += 1
-        if self.url_filter is not None and not self._run(self.url_filter, "url", doc, stats,
-                                                         rejected):
+        # text corpora often carry no URL: there is nothing for the URL stage to judge then
+        if self.url_filter is not None and doc.url and not self._run(self.url_filter, "url", doc,
+                                                                     stats, rejected):
             return None
         if record.html is not None and not self._extract(record.html, doc, stats, rejected):
             return None

@@ -179,3 +179,18 @@ def test_overwrite_refuses_a_directory_that_is_not_a_run(tmp_path, demo_config):
     with pytest.raises(RunError, match="not a refine run"):
         run(demo_config, WARCS, precious, workers=1, overwrite=True)
     assert (precious / "thesis.tex").exists()
+
+
+def test_text_inputs_skip_extraction_and_are_accounted_for(local_ray, tmp_path):
+    """RefinedWeb's filters over an already-extracted corpus (JSONL), with the default preset."""
+    jsonl = str(DATA / "text" / "cc-main-2019-30-text-sample.jsonl.gz")
+    config = load_config(ROOT / "configs" / "refinedweb.yaml")
+    result = run(config, [jsonl], tmp_path / "text", workers=2)
+    stats = result.stats
+    assert stats["inputs"][jsonl]["read"] == 697
+    assert stats["accounting_ok"]
+    assert stats["stages"]["extract"]["in"] == 0
+    assert stats["stages"]["language"]["in"] > 0 and stats["documents"]["kept"] > 0
+    kept = rows(result.run_dir, "data")
+    assert len(kept) == stats["documents"]["kept"]
+    assert {r["language"] for r in kept} == {"en"}
