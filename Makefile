@@ -23,6 +23,11 @@ demo: setup
 		--out $(DEMO)-tokens --val-fraction 0.05 --workers 2 --overwrite
 	$(PY) -m pretrain.hf_export --tokenizer $(DEMO)-tokenizer --out $(DEMO)-hf-tokenizer
 	$(PY) -m pretrain.dataset --tokens $(DEMO)-tokens --seq-len 512 --world-size 2
+	rm -rf $(DEMO)-ckpt $(DEMO)-hf
+	$(PY) pretrain/train.py --config configs/pretrain/tiny.yaml \
+		--deepspeed_config configs/deepspeed/zero1.json --data $(DEMO)-tokens \
+		--output $(DEMO)-ckpt --steps 20 --tokenizer $(DEMO)-tokenizer
+	$(PY) -m pretrain.export $(DEMO)-ckpt $(DEMO)-hf --tokenizer $(DEMO)-hf-tokenizer
 
 test: setup
 	$(VENV)/bin/pytest -q -rs

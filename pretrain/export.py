@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -221,3 +222,62 @@ def load_hf_model(path: str | Path) -> CausalLM:
         raise ValueError(f"{path}: missing {sorted(missing)}, unexpected "
                          f"{sorted(result.unexpected_keys)}")
     return model.eval()
+
+
+def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, tag: str | None = None,
+                      tokenizer_dir: str | Path | None = None) -> Path:
+    """Consolidate a DeepSpeed ZeRO checkpoint (stage 1, 2 or 3; CKPT as written by
+    `pretrain.train`) into fp32 and write it with `save_hf_model`. `tag`: a `global_step{N}`
+    directory of CKPT (default: the one CKPT/latest names). The model config comes from the
+    tag's train_state.json. Note: DeepSpeed's consolidation unpickles the checkpoint files
+    (torch.load of its optimizer shards), so only export checkpoints you trust."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    checkpoint_dir = Path(checkpoint_dir)
+    if tag is None:
+        latest = checkpoint_dir / "latest"
+        if not latest.is_file():
+            raise FileNotFoundError(f"{latest} does not exist: pass --tag")
+        tag = latest.read_text().strip()
+    state_file = checkpoint_dir / tag / "train_state.json"
+    if not state_file.is_file():
+        raise FileNotFoundError(f"{state_file} does not exist: not a pretrain.train checkpoint")
+    train_state = json.loads(state_file.read_text())
+    model_config = ModelConfig(**train_state["model"])
+    log.info("consolidating %s (ZeRO stage %s, step %s)", checkpoint_dir / tag,
+             train_state.get("zero_stage"), train_state.get("step"))
+    state_dict = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag)
+    return save_hf_model(state_dict, model_config, out_dir, tokenizer_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from pretrain.files import setup_logging
+
+    parser = argparse.ArgumentParser(
+        prog="python -m pretrain.export",
+        description="Export a pretrain.train DeepSpeed checkpoint (any ZeRO stage) as a "
+                    "transformers LlamaForCausalLM directory: config.json, model.safetensors "
+                    "(fp32) and, with --tokenizer, the tokenizer files.")
+    parser.add_argument("checkpoint", type=Path, help="CKPT: the --output of pretrain.train")
+    parser.add_argument("out", type=Path, help="directory to write")
+    parser.add_argument("--tag", default=None,
+                        help="checkpoint tag, e.g. global_step200 (default: CKPT/latest)")
+    parser.add_argument("--tokenizer", type=Path, default=None,
+                        help="TOK or HF_TOKENIZER directory whose tokenizer is written along")
+    args = parser.parse_args(argv)
+    setup_logging()
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    if args.tokenizer is None:
+        log.warning("no --tokenizer: %s gets no tokenizer files", args.out)
+    try:
+        export_checkpoint(args.checkpoint, args.out, args.tag, args.tokenizer)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,501 @@
+"""Pretrain `pretrain.model.CausalLM` on TOKENS with DeepSpeed ZeRO (stage 1, 2 or 3).
+
+    deepspeed [--num_gpus N] pretrain/train.py --config configs/pretrain/SIZE.yaml \
+        --deepspeed_config configs/deepspeed/zeroN.json --data TOKENS --output CKPT [--steps N]
+    python pretrain/train.py ...      (one process: rank 0 of 1, no launcher needed)
+
+On a CPU-only machine the launcher runs N ranks with `DS_ACCELERATOR=cpu deepspeed
+--num_gpus N ...` (gloo collectives, fp32).
+
+The split of responsibilities: the YAML (`pretrain.config`) says *what* to train (model, batch,
+lr schedule, eval/checkpoint cadence); the DeepSpeed JSON says *how* (ZeRO stage, precision).
+Keys both could hold (batch sizes, clipping, optimizer) are `"auto"` in the JSON and filled here
+from the YAML; `"bf16": {"enabled": "auto"}` means bf16 where the accelerator supports it, else
+fp32 (CPU). Flags such as `--lr` override the YAML.
+
+One optimizer step = grad_accum micro-batches of micro_batch_size sequences on every rank. The
+learning rate is a pure function of the step (linear warmup, cosine decay to min_lr at
+max_steps), set by hand before each step, so resuming needs no scheduler state. The data order
+is TokenDataset's: a seeded permutation read from `consumed_samples` on, so a resumed run sees
+exactly the batches an uninterrupted one would.
+
+CKPT/ holds DeepSpeed checkpoints `global_step{N}/` (client state: step, consumed_samples,
+config, token manifest hash, world size; plus `train_state.json`, the same as JSON, written
+before DeepSpeed's files), `latest` (DeepSpeed writes it after every file of the tag, so an
+interrupted save never becomes latest) and `metrics.csv` (one row per step and per evaluation).
+A rerun with the same CKPT resumes from `latest`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if __package__ in (None, ""):  # a script (`deepspeed pretrain/train.py`): sys.path[0] is
+    # pretrain/, whose tokenize.py would shadow the standard library's; use the repo root
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+import argparse  # noqa: E402 (after the path fix above)
+import csv
+import hashlib
+import json
+import logging
+import math
+import random
+import re
+import socket
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pretrain.config import ConfigError, PretrainConfig, TrainingConfig, load_config, parse
+from pretrain.dataset import TokenDataset
+from pretrain.files import write_json
+from pretrain.model import CausalLM, ModelConfig
+from pretrain.tokenize import MANIFEST
+
+log = logging.getLogger("pretrain.train")
+
+STATE_FILE = "train_state.json"  # in each checkpoint tag: the client state as JSON
+METRICS_FILE = "metrics.csv"
+METRICS = ("step", "split", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu", "time_s")
+# Dense peak FLOP/s per device for MFU (bf16 tensor cores; fp32 runs get the fp32/tf32 entry).
+PEAK_FLOPS = {("H200", True): 989e12, ("H100", True): 989e12, ("A100", True): 312e12,
+              ("L40S", True): 362e12, ("A10", True): 125e12,
+              ("H200", False): 494e12, ("H100", False): 494e12, ("A100", False): 156e12}
+
+
+# --- arguments and configs -------------------------------------------------------------------
+
+OVERRIDES = {  # TrainingConfig fields settable by flag (help text)
+    "max_steps": "optimizer steps of the whole run: the lr schedule ends here",
+    "micro_batch_size": "sequences per rank per forward",
+    "grad_accum": "micro-batches per optimizer step",
+    "seq_len": "tokens per sequence",
+    "lr": "peak learning rate (after warmup)",
+    "min_lr": "learning rate at the end of the cosine decay",
+    "warmup_steps": "linear warmup steps",
+    "weight_decay": "AdamW weight decay of matrices (norms get none)",
+    "grad_clip": "max global gradient norm (0 = no clipping)",
+    "eval_every": "validate every K steps",
+    "eval_steps": "validation micro-batches per rank",
+    "checkpoint_every": "checkpoint every K steps",
+    "log_every": "console log every K steps (metrics.csv gets every step)",
+    "seed": "seed of initialisation and data order",
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Pretrain a Llama-style model on token shards with DeepSpeed ZeRO. Launch "
+                    "with `deepspeed [--num_gpus N] pretrain/train.py ...` (on CPU prefix "
+                    "DS_ACCELERATOR=cpu) or run as one process with `python pretrain/train.py`. "
+                    "Resumes from OUTPUT/latest when it exists.")
+    parser.add_argument("--config", type=Path, required=True,
+                        help="model + training YAML (configs/pretrain/SIZE.yaml)")
+    parser.add_argument("--deepspeed_config", type=Path, required=True,
+                        help="DeepSpeed JSON (configs/deepspeed/zeroN.json): ZeRO stage, bf16")
+    parser.add_argument("--data", type=Path, required=True,
+                        help="TOKENS directory (python -m pretrain.tokenize)")
+    parser.add_argument("--output", type=Path, required=True,
+                        help="checkpoint directory (CKPT): checkpoints, latest, metrics.csv")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="stop this launch once the global step reaches N (default: "
+                             "max_steps); the lr schedule still runs to max_steps")
+    parser.add_argument("--tokenizer", type=Path, default=None,
+                        help="TOK directory: vocab size from it (else from TOKENS' manifest), "
+                             "checked against the tokenizer TOKENS was made with")
+    parser.add_argument("--peak_flops", type=float, default=None,
+                        help="peak FLOP/s of one device for MFU (default: a table of GPUs; "
+                             "on CPU MFU is left empty unless this is given)")
+    parser.add_argument("--universal", action="store_true",
+                        help="resume from a universal checkpoint (after ds_to_universal), e.g. "
+                             "on a different number of ranks")
+    parser.add_argument("--local_rank", type=int, default=None,
+                        help=argparse.SUPPRESS)  # passed by the deepspeed launcher; env wins
+    group = parser.add_argument_group("overrides of the YAML's training section")
+    for name, text in OVERRIDES.items():
+        kind = TrainingConfig.model_fields[name].annotation
+        group.add_argument(f"--{name}", type=float if kind is float else int, default=None,
+                           help=text)
+    return parser.parse_args(argv)
+
+
+def resolve_config(args: argparse.Namespace) -> PretrainConfig:
+    """The YAML with flag overrides, validated again (so an override can be refused)."""
+    config = load_config(args.config)
+    overrides = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None}
+    training = config.training.model_dump() | overrides
+    return parse(PretrainConfig, {"model": config.model.model_dump(), "training": training},
+                 f"{args.config} with overrides {overrides}")
+
+
+def deepspeed_config(path: Path, training: TrainingConfig, world_size: int,
+                     bf16_supported: bool) -> dict[str, Any]:
+    """The DeepSpeed JSON with its `"auto"` values filled from the YAML. A value the YAML
+    owns may only be "auto" or absent in the JSON: two sources of truth would disagree."""
+    ds = json.loads(path.read_text())
+    owned = {
+        "train_micro_batch_size_per_gpu": training.micro_batch_size,
+        "gradient_accumulation_steps": training.grad_accum,
+        "train_batch_size": training.micro_batch_size * training.grad_accum * world_size,
+        "gradient_clipping": training.grad_clip,
+        "optimizer": {"type": "AdamW", "params": {
+            "lr": training.lr, "betas": list(training.betas), "eps": 1e-8,
+            "weight_decay": training.weight_decay,
+            "torch_adam": True}},  # no 4-minute fused-Adam JIT build; fused on CUDA anyway
+    }
+    for key, value in owned.items():
+        if ds.get(key, "auto") != "auto":
+            raise ConfigError(f"{path}: {key!r} comes from the training YAML; set it to \"auto\" "
+                              "there and use the YAML or a flag instead")
+        ds[key] = value
+    bf16 = ds.setdefault("bf16", {"enabled": "auto"})
+    if bf16.get("enabled") == "auto":
+        bf16["enabled"] = bf16_supported
+    if ds.get("fp16", {}).get("enabled") is True:
+        raise ConfigError(f"{path}: fp16 is not supported (use bf16)")
+    return ds
+
+
+def lr_at(step: int, training: TrainingConfig) -> float:
+    """Learning rate of optimizer step `step` (1-based): linear warmup to lr over warmup_steps,
+    cosine decay to min_lr at max_steps, min_lr after."""
+    if step <= training.warmup_steps:
+        return training.lr * step / training.warmup_steps
+    if step >= training.max_steps:
+        return training.min_lr
+    progress = (step - training.warmup_steps) / (training.max_steps - training.warmup_steps)
+    return training.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (
+        training.lr - training.min_lr)
+
+
+def peak_flops(device: torch.device, bf16: bool, declared: float | None) -> float | None:
+    """Peak FLOP/s of one device: the declared value, a table entry for known GPUs, or None."""
+    if declared is not None:
+        return declared
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for (gpu, is_bf16), peak in PEAK_FLOPS.items()
+                 if gpu in name and is_bf16 == bf16), None)
+
+
+# --- distributed setup -----------------------------------------------------------------------
+
+def single_process_env() -> None:
+    """When not started by a launcher, be rank 0 of 1 (torch.distributed needs these)."""
+    if "RANK" in os.environ:
+        return
+    with socket.socket() as probe:  # a free port, so parallel single-process runs never clash
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    defaults = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_SIZE": "1",
+                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def all_mean(value: float, device: torch.device) -> float:
+    """The mean of `value` over all ranks."""
+    import deepspeed.comm as dist
+
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.item() / dist.get_world_size()
+
+
+# --- data ------------------------------------------------------------------------------------
+
+def batches(dataset: TokenDataset, micro_batch_size: int, device: torch.device):
+    """This rank's micro-batches, in order: (micro_batch_size, seq_len + 1) int64 tensors."""
+    for start in range(0, len(dataset) - micro_batch_size + 1, micro_batch_size):
+        rows = [dataset[i] for i in range(start, start + micro_batch_size)]
+        yield torch.from_numpy(np.stack(rows)).to(device)
+
+
+def epochs_for(tokens: Path, split: str, seq_len: int, world_size: int, samples: int) -> int:
+    """Epochs a dataset needs so that `samples` global samples exist."""
+    per_epoch = TokenDataset(tokens, seq_len, split, world_size=world_size).samples_per_epoch
+    return max(1, math.ceil(samples / per_epoch))
+
+
+# --- checkpoints -----------------------------------------------------------------------------
+
+def checkpoint_world_size(tag_dir: Path) -> int:
+    """Data-parallel ranks a ZeRO checkpoint was written by (its optimizer-state shards)."""
+    return len(list(tag_dir.glob("*zero_pp_rank_*_mp_rank_00_optim_states.pt")))
+
+
+def tag_step(output: Path, pointer: str) -> int | None:
+    """The step of the tag that OUTPUT/`pointer` (latest, latest_universal) names, if any."""
+    path = output / pointer
+    if not path.is_file():
+        return None
+    match = re.fullmatch(r"global_step(\d+)(_universal)?", path.read_text().strip())
+    if match is None:
+        raise SystemExit(f"{path} names {path.read_text()!r}, not a tag of pretrain.train")
+    return int(match[1])
+
+
+def resume_mode(output: Path, world_size: int, universal: bool) -> str | None:
+    """Which pointer to resume from: "latest", "latest_universal" or None (a fresh run).
+
+    A ZeRO checkpoint's optimizer shards only load on as many ranks as wrote them: on another
+    number of ranks stop with the exact ds_to_universal command, unless --universal was given.
+    --universal loads latest_universal unless a newer regular checkpoint exists (one saved
+    after resuming from it), which it then ignores."""
+    regular, converted = tag_step(output, "latest"), tag_step(output, "latest_universal")
+    if universal and converted is not None and (regular is None or converted >= regular):
+        return "latest_universal"
+    if regular is None:
+        if universal:
+            raise SystemExit(f"--universal but {output}/latest_universal does not exist")
+        return None
+    tag = (output / "latest").read_text().strip()
+    saved = checkpoint_world_size(output / tag)
+    if saved != world_size:
+        command = (f"python -m deepspeed.checkpoint.ds_to_universal --input_folder "
+                   f"{output / tag} --output_folder {output / (tag + '_universal')} "
+                   "--inject_missing_state")
+        raise SystemExit(
+            f"{output / tag} was written by {saved} ranks, this run has {world_size}. Convert "
+            f"it to a universal checkpoint, then rerun this command with --universal:\n"
+            f"  {command}")
+    return "latest"
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric rows after `step` (left by a run that died after its last checkpoint)."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as stream:
+        rows = [row for row in csv.DictReader(stream) if int(row["step"]) <= step]
+    with open(path, "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=METRICS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+class Metrics:
+    """metrics.csv in CKPT (rank 0 writes; other ranks hold a no-op)."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def write(self, **row: Any) -> None:
+        if not self.enabled:
+            return
+        new = not self.path.is_file()
+        with open(self.path, "a", newline="") as stream:
+            writer = csv.DictWriter(stream, fieldnames=METRICS)
+            if new:
+                writer.writeheader()
+            writer.writerow({key: "" if row.get(key) is None else row[key] for key in METRICS})
+
+
+# --- training --------------------------------------------------------------------------------
+
+@torch.no_grad()
+def evaluate(engine: Any, dataset: TokenDataset, training: TrainingConfig,
+             device: torch.device) -> float:
+    """Mean loss over eval_steps micro-batches per rank of the validation split (always the
+    same batches), averaged over ranks."""
+    engine.eval()
+    losses = [engine(batch, labels=batch).loss.item() for _, batch in
+              zip(range(training.eval_steps), batches(dataset, training.micro_batch_size, device),
+                  strict=False)]
+    engine.train()
+    return all_mean(sum(losses) / len(losses), device)
+
+
+def train(args: argparse.Namespace) -> int:
+    single_process_env()
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)  # we log what happened ourselves
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated")
+    config = resolve_config(args)
+    training = config.training
+    manifest_path = args.data / MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    manifest_sha256 = hashlib.sha256(manifest_path.read_bytes()).hexdigest()
+    vocab_size = manifest["vocab_size"]
+    if args.tokenizer is not None:
+        from pretrain.config import tokenizer_vocab_size
+        from pretrain.files import sha256_file
+
+        vocab_size = tokenizer_vocab_size(args.tokenizer)
+        tok_sha = sha256_file(args.tokenizer / "tokenizer.model")
+        if tok_sha != manifest["tokenizer"]["model_sha256"]:
+            raise ConfigError(f"{args.tokenizer} is not the tokenizer {args.data} was made with")
+    model_config: ModelConfig = config.model_for(vocab_size)
+
+    accelerator = get_accelerator()
+    deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name())
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device(accelerator.device_name(local_rank))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if rank == 0:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s",
+                            force=True)
+    else:
+        log.setLevel(logging.WARNING)
+    resume = resume_mode(args.output, world_size, args.universal)
+    bf16_supported = device.type != "cpu" and accelerator.is_bf16_supported()
+    ds_config = deepspeed_config(args.deepspeed_config, training, world_size, bf16_supported)
+    if resume == "latest_universal":
+        ds_config.setdefault("checkpoint", {})["load_universal"] = True
+
+    seed_everything(training.seed)  # the same initial weights on every rank
+    model = CausalLM(model_config)
+    num_params = model.num_params()  # before ZeRO-3 partitions the parameters away
+    flops_per_token = model.flops_per_token(training.seq_len)
+    decay = [p for p in model.parameters() if p.dim() >= 2]  # matrices and embeddings
+    no_decay = [p for p in model.parameters() if p.dim() < 2]  # norms
+    groups = [{"params": decay, "weight_decay": training.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=ds_config)
+    stage = engine.zero_optimization_stage()
+    bf16 = ds_config["bf16"]["enabled"]
+    log.info("rank 0 of %d on %s: ZeRO stage %d, %s, %.2fM parameters, global batch %d x %d "
+             "tokens", world_size, device, stage, "bf16" if bf16 else "fp32",
+             num_params / 1e6, training.micro_batch_size * training.grad_accum
+             * world_size, training.seq_len)
+
+    step, consumed = 0, 0
+    samples_per_step = training.micro_batch_size * training.grad_accum * world_size
+    loaded, client = None, {}
+    if resume is not None:
+        loaded, client = engine.load_checkpoint(str(args.output), load_module_strict=True)
+    if loaded is not None:
+        step, consumed = client["step"], client["consumed_samples"]
+        if client["model"] != model_config.model_dump():
+            raise ConfigError(f"{loaded} was trained with model {client['model']}, the config "
+                              f"says {model_config.model_dump()}")
+        if client["tokens_manifest_sha256"] != manifest_sha256:
+            log.warning("%s was trained on other tokens (manifest sha256 %s, now %s)", loaded,
+                        client["tokens_manifest_sha256"][:12], manifest_sha256[:12])
+        changed = {k: (v, client["training"].get(k)) for k, v in training.model_dump().items()
+                   if client["training"].get(k) != v}
+        if changed:
+            log.warning("resuming with changed training settings (now, was): %s", changed)
+        saved = client["training"]
+        saved_batch = saved["micro_batch_size"] * saved["grad_accum"] * client["world_size"]
+        if saved_batch != samples_per_step:
+            log.warning("the global batch changes from %d sequences (%d ranks) to %d (%d ranks); "
+                        "set --grad_accum to keep it", saved_batch, client["world_size"],
+                        samples_per_step, world_size)
+        if consumed % world_size:
+            raise SystemExit(f"consumed_samples {consumed} is not a multiple of {world_size} "
+                             "ranks: resume on a number of ranks that divides it")
+        log.info("resumed from %s at step %d (%d samples consumed)", Path(loaded).parent, step,
+                 consumed)
+    elif rank == 0:
+        args.output.mkdir(parents=True, exist_ok=True)
+    metrics_path = args.output / METRICS_FILE
+    if rank == 0:
+        truncate_metrics(metrics_path, step)
+    metrics = Metrics(metrics_path, enabled=rank == 0)
+
+    last = min(args.steps or training.max_steps, training.max_steps)
+    if step >= last:
+        log.info("already at step %d >= %d: nothing to do", step, last)
+        return 0
+    needed = consumed + (last - step) * samples_per_step
+    train_data = TokenDataset(args.data, training.seq_len, "train", training.seed, rank,
+                              world_size, consumed, epochs_for(args.data, "train",
+                                                               training.seq_len, world_size,
+                                                               needed))
+    val_data = TokenDataset(args.data, training.seq_len, "val", training.seed, rank, world_size,
+                            0, epochs_for(args.data, "val", training.seq_len, world_size,
+                                          training.eval_steps * training.micro_batch_size
+                                          * world_size))
+    data = batches(train_data, training.micro_batch_size, device)
+    tokens_per_step = samples_per_step * training.seq_len
+    peak = peak_flops(device, bf16, args.peak_flops)
+    if peak is None:
+        log.info("MFU: no peak FLOP/s known for %s (pass --peak_flops); left empty", device)
+
+    def save(step: int) -> None:
+        tag = f"global_step{step}"
+        state = {"step": step, "consumed_samples": consumed, "model": model_config.model_dump(),
+                 "training": training.model_dump(), "tokens": str(args.data),
+                 "tokens_manifest_sha256": manifest_sha256, "world_size": world_size,
+                 "zero_stage": stage,
+                 "tokenizer": str(args.tokenizer) if args.tokenizer else None}
+        if rank == 0:  # before DeepSpeed's files; `latest` comes after all of them
+            (args.output / tag).mkdir(parents=True, exist_ok=True)
+            write_json(args.output / tag / STATE_FILE, state)
+        engine.save_checkpoint(str(args.output), tag=tag, client_state=state)
+        log.info("step %d: saved checkpoint %s", step, args.output / tag)
+
+    log.info("training steps %d..%d of %d", step + 1, last, training.max_steps)
+    engine.train()
+    clock = time.perf_counter()
+    while step < last:
+        lr = lr_at(step + 1, training)
+        for group in engine.optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = 0.0
+        for _ in range(training.grad_accum):
+            batch = next(data)
+            loss = engine(batch, labels=batch).loss
+            engine.backward(loss)
+            engine.step()  # applies the update after the last micro-batch only
+            loss_sum += loss.item()
+        step += 1
+        consumed += samples_per_step
+        loss = all_mean(loss_sum / training.grad_accum, device)
+        grad_norm = engine.get_global_grad_norm()
+        grad_norm = float(grad_norm) if grad_norm is not None else None
+        now = time.perf_counter()
+        tokens_per_s = tokens_per_step / (now - clock)
+        clock = now
+        mfu = flops_per_token * tokens_per_s / (peak * world_size) if peak else None
+        metrics.write(step=step, split="train", loss=f"{loss:.8f}", lr=f"{lr:.6e}",
+                      grad_norm=None if grad_norm is None else f"{grad_norm:.6f}",
+                      tokens=consumed * training.seq_len, tokens_per_s=f"{tokens_per_s:.1f}",
+                      mfu=None if mfu is None else f"{mfu:.4f}", time_s=f"{time.time():.3f}")
+        if step % training.log_every == 0 or step == last:
+            log.info("step %d/%d | loss %.4f | lr %.2e | grad norm %s | %.0f tokens/s | MFU %s",
+                     step, training.max_steps, loss, lr,
+                     "n/a" if grad_norm is None else f"{grad_norm:.3f}", tokens_per_s,
+                     "n/a" if mfu is None else f"{mfu:.1%}")
+        if step % training.eval_every == 0 or step == last:
+            val_loss = evaluate(engine, val_data, training, device)
+            metrics.write(step=step, split="val", loss=f"{val_loss:.8f}", lr=f"{lr:.6e}",
+                          tokens=consumed * training.seq_len, time_s=f"{time.time():.3f}")
+            log.info("step %d: validation loss %.4f", step, val_loss)
+            clock = time.perf_counter()  # evaluation time is not training throughput
+        if step % training.checkpoint_every == 0 or step == last:
+            save(step)
+            clock = time.perf_counter()
+    log.info("done at step %d; checkpoints in %s", step, args.output)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return train(args)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,49 @@
+"""Text normalisation and word shingles for fuzzy dedup (RefinedWeb / FineWeb style).
+
+`normalize_text`: lowercase; NFD with combining marks (Unicode category ``Mn``) removed, so
+"Café" becomes "cafe"; punctuation (every Unicode ``P*`` character plus ASCII
+`string.punctuation`, which also holds symbols such as ``$+<=>^`|~``) replaced by a space, as
+datatrove's ``simplify_text`` does, so "state-of-the-art" gives four words; whitespace runs
+collapsed to one space, ends stripped.
+"""
+
+from __future__ import annotations
+
+import string
+import sys
+import unicodedata
+from functools import cache
+
+
+@cache
+def _translation() -> dict[int, str | None]:
+    """Punctuation -> space, combining marks -> removed (built once, on first use)."""
+    table: dict[int, str | None] = {ord(c): " " for c in string.punctuation}
+    for code in range(128, sys.maxunicode + 1):
+        category = unicodedata.category(chr(code))
+        if category == "Mn":
+            table[code] = None
+        elif category[0] == "P":
+            table[code] = " "
+    return table
+
+
+def normalize_text(text: str) -> str:
+    text = text.lower()
+    if not text.isascii():
+        text = unicodedata.normalize("NFD", text)
+    return " ".join(text.translate(_translation()).split())
+
+
+def word_shingles(text: str, n: int = 5, normalized: bool = False) -> list[str]:
+    """Word n-grams of the normalised text, in order (repeats kept), joined by one space.
+
+    A text of fewer than `n` words (but at least one) gives one shingle of all its words; an
+    empty text gives none. Pass ``normalized=True`` when `text` went through `normalize_text`.
+    """
+    if n < 1:
+        raise ValueError("n must be >= 1")
+    words = (text if normalized else normalize_text(text)).split()
+    if len(words) <= n:
+        return [" ".join(words)] if words else []
+    return [" ".join(words[i : i + n]) for i in range(len(words) - n + 1)]

@@ -1,0 +1,256 @@
+"""MinHash core of fuzzy dedup: datasketch equality, the LSH S-curve, normalisation, config."""
+
+from __future__ import annotations
+
+import gzip
+import inspect
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from refine.dedup import (
+    FINEWEB,
+    REFINEDWEB,
+    MinHashConfig,
+    MinHasher,
+    band_keys,
+    hashing,
+    normalize_text,
+    word_shingles,
+)
+from refine.dedup.minhash import MAX_HASH, band_key_array
+
+TEXTS = Path(__file__).parent / "data" / "text" / "cc-main-2019-30-text-sample.jsonl.gz"
+
+
+def _texts(count: int) -> list[str]:
+    with gzip.open(TEXTS, "rt", encoding="utf-8") as stream:
+        texts = [json.loads(line)["text"] for line, _ in zip(stream, range(count), strict=False)]
+    return texts + ["Too short.", "", "¡¿…!?"]  # one shingle, and two without any
+
+
+def _shingles(text: str, n: int = 5) -> list[bytes]:
+    return [s.encode() for s in word_shingles(text, n)]
+
+
+# (1) the same signatures as datasketch
+
+
+@pytest.mark.parametrize(
+    ("config", "count"),
+    [
+        (FINEWEB, 40),
+        (REFINEDWEB, 6),
+        (MinHashConfig(num_bands=16, rows_per_band=4, seed=42), 40),
+        (MinHashConfig(num_bands=14, rows_per_band=8, seed=7, scheme="affine32"), 40),
+    ],
+    ids=["fineweb", "refinedweb", "seed42", "affine32"],
+)
+def test_signatures_equal_datasketch(config: MinHashConfig, count: int) -> None:
+    from datasketch import MinHash
+
+    kwargs: dict = {"num_perm": config.num_perm, "seed": config.seed}
+    if "scheme" in inspect.signature(MinHash).parameters:  # datasketch >= 2.0
+        kwargs["scheme"] = config.scheme
+    elif config.scheme != "legacy":
+        pytest.skip("datasketch < 2.0 has only the legacy scheme")
+    docs = [_shingles(t, config.ngram) for t in _texts(count)]
+    ours = MinHasher(config).signatures(docs)
+    theirs = MinHash.bulk(docs, **kwargs)
+    assert ours.shape == (len(docs), config.num_perm)
+    assert ours.dtype == np.uint32
+    for sig, ref in zip(ours, theirs, strict=True):
+        np.testing.assert_array_equal(sig, ref.hashvalues)
+    assert (ours[-1] == MAX_HASH).all()  # no shingles: datasketch's empty MinHash
+
+
+def test_single_batch_and_text_paths_agree() -> None:
+    hasher = MinHasher(FINEWEB)
+    texts = _texts(5)
+    batch = hasher.signatures([_shingles(t) for t in texts])
+    np.testing.assert_array_equal(hasher.text_signatures(texts), batch)
+    np.testing.assert_array_equal(hasher.signature(_shingles(texts[2])), batch[2])
+    np.testing.assert_array_equal(hasher.text_signature(texts[3]), batch[3])
+    doubled = _shingles(texts[0]) * 2  # repeated shingles do not change a signature
+    np.testing.assert_array_equal(hasher.signature(doubled), batch[0])
+
+
+def test_poly64_hashes_shingle_bytes() -> None:
+    """The text route hashes exactly the `word_shingles` bytes; the definition is as documented."""
+    mask = (1 << 64) - 1
+
+    def reference(data: bytes) -> int:
+        h = sum(byte * pow(hashing._BASE, i, 1 << 64) for i, byte in enumerate(data))
+        h = (h + len(data) * 0x9E3779B97F4A7C15) & mask
+        h ^= h >> 33
+        h = (h * 0xFF51AFD7ED558CCD) & mask
+        h ^= h >> 33
+        h = (h * 0xC4CEB9FE1A85EC53) & mask
+        return (h ^ (h >> 33)) & 0xFFFFFFFF
+
+    for text in _texts(8) + ["Zoë's café, déjà vu", "one two three four five"]:
+        shingles = _shingles(text)
+        by_bytes = hashing.poly64_hash32(shingles)
+        np.testing.assert_array_equal(
+            hashing.text_shingle_hash32(normalize_text(text), 5), by_bytes
+        )
+        assert [int(h) for h in by_bytes[:20]] == [reference(s) for s in shingles[:20]]
+    hasher = MinHasher(FINEWEB_POLY64)
+    texts = _texts(6)
+    np.testing.assert_array_equal(
+        hasher.text_signatures(texts), hasher.signatures([_shingles(t) for t in texts])
+    )
+    assert not (
+        hasher.text_signatures(texts[:1]) == MinHasher(FINEWEB).text_signatures(texts[:1])
+    ).all()
+
+
+# (2) the candidate probability curve 1 - (1 - s^r)^b
+
+
+def _pair_signatures(
+    hasher: MinHasher, jaccard: float, union: int, pairs: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Signatures of `pairs` shingle-set pairs with exactly `jaccard` similarity.
+
+    Each pair: `shared` common shingles and `unique` of its own on each side, with
+    shared / (shared + 2 * unique) == jaccard. Signatures of the parts are computed once and
+    combined with min, which is what a signature of their union is.
+    """
+    shared = round(jaccard * union)
+    unique = (union - shared) // 2
+    assert shared + 2 * unique == union and shared / union == pytest.approx(jaccard)
+    parts = []
+    for p in range(pairs):
+        parts.append([f"{jaccard}/{p}/s{i}".encode() for i in range(shared)])
+        parts.append([f"{jaccard}/{p}/a{i}".encode() for i in range(unique)])
+        parts.append([f"{jaccard}/{p}/b{i}".encode() for i in range(unique)])
+    sig = hasher.signatures(parts).reshape(pairs, 3, -1)
+    return np.minimum(sig[:, 0], sig[:, 1]), np.minimum(sig[:, 0], sig[:, 2])
+
+
+# (similarity, union size): the smallest union giving that similarity exactly, to keep it quick
+CURVE_POINTS = [(0.5, 4), (0.6, 10), (0.7, 20), (0.75, 8), (0.8, 10), (0.85, 40), (0.9, 20),
+                (0.95, 40)]  # fmt: skip
+
+
+def _pairs_needed(p: float, tolerance: float = 0.05, sigmas: float = 3.5) -> int:
+    """Pairs for the measured rate to fall within `tolerance` at `sigmas` standard errors."""
+    return max(400, math.ceil(p * (1 - p) * (sigmas / tolerance) ** 2))
+
+
+FINEWEB_POLY64 = MinHashConfig(num_bands=14, rows_per_band=8, shingle_hash="poly64")
+FINEWEB_AFFINE32 = MinHashConfig(num_bands=14, rows_per_band=8, scheme="affine32")
+
+
+@pytest.mark.parametrize(
+    "config",
+    [REFINEDWEB, FINEWEB, FINEWEB_POLY64, FINEWEB_AFFINE32],
+    ids=["refinedweb", "fineweb", "fineweb-poly64", "fineweb-affine32"],
+)
+def test_candidate_rate_follows_s_curve(config: MinHashConfig) -> None:
+    hasher = MinHasher(config)
+    for jaccard, union in CURVE_POINTS:
+        expected = config.candidate_probability(jaccard)
+        sig_a, sig_b = _pair_signatures(hasher, jaccard, union, _pairs_needed(expected))
+        keys_a, keys_b = band_key_array(sig_a, config), band_key_array(sig_b, config)
+        rate = float((keys_a == keys_b).any(axis=1).mean())
+        assert abs(rate - expected) <= 0.05, (jaccard, rate, expected)
+        row_match = float((sig_a == sig_b).mean())  # each hash agrees with probability s
+        assert abs(row_match - jaccard) <= 0.02, (jaccard, row_match)
+
+
+def test_presets_have_documented_thresholds() -> None:
+    assert (REFINEDWEB.num_bands, REFINEDWEB.rows_per_band, REFINEDWEB.num_perm) == (450, 20, 9000)
+    assert (FINEWEB.num_bands, FINEWEB.rows_per_band, FINEWEB.num_perm) == (14, 8, 112)
+    for config in (REFINEDWEB, FINEWEB):
+        assert config.ngram == 5
+        assert 0.70 < config.threshold < 0.75
+        assert config.candidate_probability(0.0) == 0.0
+        assert config.candidate_probability(1.0) == 1.0
+    assert REFINEDWEB.candidate_probability(0.72) == pytest.approx(0.5, abs=0.06)
+
+
+# band keys
+
+
+def test_band_keys() -> None:
+    config = MinHashConfig(num_bands=4, rows_per_band=3)
+    sig = np.arange(12, dtype=np.uint32)
+    keys = band_keys(sig, config)
+    assert len(keys) == 4 and len(set(keys)) == 4
+    assert all(isinstance(k, int) and 0 <= k < 2**64 for k in keys)
+    assert band_keys(sig.copy(), config) == keys
+    changed = sig.copy()
+    changed[4] += 1  # a row of band 1
+    other = band_keys(changed, config)
+    assert [a == b for a, b in zip(keys, other, strict=True)] == [True, False, True, True]
+    same_rows = np.tile(np.arange(3, dtype=np.uint32), 4)
+    assert len(set(band_keys(same_rows, config))) == 4  # salted by band index
+    with pytest.raises(ValueError, match="shape"):
+        band_key_array(np.zeros((2, 11), np.uint32), config)
+
+
+# (3) normalisation
+
+
+@pytest.mark.parametrize(
+    ("text", "normalized"),
+    [
+        ("Hello,   World!", "hello world"),
+        ("  Line one.\n\n\tLine TWO  ", "line one line two"),
+        ("Café Déjà Vu, naïve façade", "cafe deja vu naive facade"),
+        ("state-of-the-art (2024): 50% off; a+b=c", "state of the art 2024 50 off a b c"),
+        ("«Bonjour» — dit-il… „Ja“ 「はい」", "bonjour dit il ja はい"),
+        ("ÅNGSTRÖM Œuvre ß", "angstrom œuvre ß"),
+        ("...!!!", ""),
+        ("", ""),
+    ],
+)
+def test_normalize_text(text: str, normalized: str) -> None:
+    assert normalize_text(text) == normalized
+
+
+def test_word_shingles() -> None:
+    assert word_shingles("A b, c d E f!") == ["a b c d e", "b c d e f"]
+    assert word_shingles("a b c d e") == ["a b c d e"]
+    assert word_shingles("One, two!") == ["one two"]  # shorter than n: one shingle
+    assert word_shingles("") == word_shingles(" -- ") == []
+    assert word_shingles("a b c", n=2) == ["a b", "b c"]
+    assert word_shingles("x y x y x y", n=2) == ["x y", "y x", "x y", "y x", "x y"]
+    assert word_shingles("already normal", n=5, normalized=True) == ["already normal"]
+    with pytest.raises(ValueError):
+        word_shingles("a b", n=0)
+    for text in _texts(4) + ["Ünïcode wörds — here", "x"]:
+        for n in (1, 3, 5):
+            buffer, starts, ends = hashing.shingle_spans(normalize_text(text), n)
+            spans = [buffer[s:e].decode() for s, e in zip(starts, ends, strict=True)]
+            assert spans == word_shingles(text, n)
+
+
+# (4) configuration
+
+
+def test_config_validation() -> None:
+    config = MinHashConfig(num_bands=10, rows_per_band=5, ngram=3, seed=9)
+    assert config.num_perm == 50
+    assert MinHashConfig.model_validate(config.model_dump()) == config
+    for bad in (
+        {"num_bands": 0},
+        {"rows_per_band": 0},
+        {"ngram": 0},
+        {"seed": -1},
+        {"seed": 2**32},
+        {"scheme": "affine64"},
+        {"shingle_hash": "xxh3"},
+        {"num_perm": 9000},  # derived, not settable
+        {"bands": 450},  # extra keys are errors, not silently ignored
+    ):
+        with pytest.raises(ValidationError):
+            MinHashConfig(**bad)
+    with pytest.raises(ValidationError):
+        config.num_bands = 3  # frozen: a hasher's permutations never go stale
