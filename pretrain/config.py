@@ -11,18 +11,16 @@ micro_batch_size * grad_accum * world_size sequences of seq_len tokens.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pretrain.model import ModelConfig
+from refine.configfile import ConfigError, parse, read_yaml
 
-T = TypeVar("T", bound=BaseModel)
+__all__ = ["ConfigError", "PretrainConfig", "TrainingConfig", "load_config", "parse",
+           "parse_config", "tokenizer_vocab_size"]
 
-
-class ConfigError(ValueError):
-    """A bad config: the message names each offending key and why."""
 
 
 class ModelSection(ModelConfig):
@@ -87,36 +85,12 @@ class PretrainConfig(BaseModel):
         return parse(ModelConfig, fields, "model section", prefix="model")
 
 
-def _describe(error: ValidationError, prefix: str = "") -> str:
-    lines = []
-    for item in error.errors():
-        key = ".".join([prefix] * bool(prefix) + [str(part) for part in item["loc"]])
-        lines.append(f"  {key or '(top level)'}: {item['msg']}")
-    return "\n".join(lines)
-
-
-def parse(cls: type[T], data: Any, source: str = "config", prefix: str = "") -> T:
-    """Validate `data` as `cls`, raising ConfigError that names each offending key (as
-    `prefix.key` when `data` is a section)."""
-    try:
-        return cls.model_validate(data)
-    except ValidationError as error:
-        raise ConfigError(f"{source} is invalid:\n{_describe(error, prefix)}") from None
-
-
 def parse_config(data: Any, source: str = "config") -> PretrainConfig:
     return parse(PretrainConfig, data, source)
 
 
 def load_config(path: str | Path) -> PretrainConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {error}") from None
-    return parse_config(data, str(path))
+    return parse_config(read_yaml(path), str(path))
 
 
 def tokenizer_vocab_size(tokenizer_dir: str | Path) -> int:

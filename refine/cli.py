@@ -178,7 +178,7 @@ def _command_blocklist(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from refine.config import ConfigError
+    from refine.configfile import ConfigError
     from refine.run import RunError
 
     handlers = {"run": _command_run, "stats": _command_stats, "blocklist": _command_blocklist}

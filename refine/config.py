@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from refine.configfile import ConfigError, parse, read_yaml
 from refine.extract import ExtractConfig
 from refine.filters.language import LanguageConfig
 from refine.filters.lines import LineCorrectionConfig
@@ -18,10 +18,6 @@ from refine.filters.repetition import RepetitionConfig
 from refine.filters.url import URLFilterConfig
 
 MiB = 1 << 20
-
-
-class ConfigError(ValueError):
-    """A bad config: the message names each offending key and why."""
 
 
 class ReadConfig(BaseModel):
@@ -60,31 +56,13 @@ class RunConfig(BaseModel):
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
 
 
-def _describe(error: ValidationError) -> str:
-    lines = []
-    for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        lines.append(f"  {key}: {item['msg']}")
-    return "\n".join(lines)
-
-
 def parse_config(data: Any, source: str = "config") -> RunConfig:
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of stage names to settings")
-    try:
-        return RunConfig.model_validate(data)
-    except ValidationError as error:
-        raise ConfigError(f"{source} is invalid:\n{_describe(error)}") from None
+    return parse(RunConfig, data, source)
 
 
 def load_config(path: str | Path) -> RunConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {error}") from None
-    return parse_config(data, str(path))
+    return parse_config(read_yaml(path), str(path))
