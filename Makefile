@@ -28,6 +28,10 @@ demo: setup
 		--deepspeed_config configs/deepspeed/zero1.json --data $(DEMO)-tokens \
 		--output $(DEMO)-ckpt --steps 20 --tokenizer $(DEMO)-tokenizer
 	$(PY) -m pretrain.export $(DEMO)-ckpt $(DEMO)-hf --tokenizer $(DEMO)-hf-tokenizer
+	$(PY) pretrain/finetune.py --init $(DEMO)-hf --task classify \
+		--data tests/data/finetune/msr_paraphrase_train.txt \
+		--eval_data tests/data/finetune/msr_paraphrase_test.txt --output $(DEMO)-mrpc \
+		--steps 60 --lr 5e-4 --micro_batch_size 16 --seq_len 128
 
 test: setup
 	$(VENV)/bin/pytest -q -rs
@@ -39,6 +43,8 @@ bench: setup
 	$(PY) bench/refine_throughput.py
 	$(PY) bench/extraction_quality.py
 	$(PY) bench/tokenizer.py
+	$(PY) bench/train_throughput.py
+	$(PY) bench/dedup.py
 
 lint: setup
 	$(VENV)/bin/ruff check refine pretrain tests bench

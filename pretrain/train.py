@@ -319,9 +319,41 @@ def evaluate(engine: Any, dataset: TokenDataset, training: TrainingConfig,
     return all_mean(sum(losses) / len(losses), device)
 
 
-def train(args: argparse.Namespace) -> int:
+def init_distributed() -> tuple[int, int, torch.device]:
+    """Join the process group (gloo on CPU); (rank, world_size, this rank's device)."""
     single_process_env()
     import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    accelerator = get_accelerator()
+    deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name())
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    device = torch.device(accelerator.device_name(int(os.environ.get("LOCAL_RANK", 0))))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return rank, world_size, device
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: matrices and embeddings decay, norms (1-d parameters) do not."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_engine(model: torch.nn.Module, ds_config: dict[str, Any], weight_decay: float) -> Any:
+    """The DeepSpeed engine of `model` under a filled DeepSpeed config (`deepspeed_config`)."""
+    import deepspeed
+
+    engine, _, _, _ = deepspeed.initialize(model=model,
+                                           model_parameters=param_groups(model, weight_decay),
+                                           config=ds_config)
+    return engine
+
+
+def train(args: argparse.Namespace) -> int:
+    single_process_env()
     from deepspeed.accelerator import get_accelerator
 
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)  # we log what happened ourselves
@@ -342,13 +374,8 @@ def train(args: argparse.Namespace) -> int:
             raise ConfigError(f"{args.tokenizer} is not the tokenizer {args.data} was made with")
     model_config: ModelConfig = config.model_for(vocab_size)
 
+    rank, world_size, device = init_distributed()
     accelerator = get_accelerator()
-    deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name())
-    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    device = torch.device(accelerator.device_name(local_rank))
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
     if rank == 0:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s",
                             force=True)
@@ -364,11 +391,7 @@ def train(args: argparse.Namespace) -> int:
     model = CausalLM(model_config)
     num_params = model.num_params()  # before ZeRO-3 partitions the parameters away
     flops_per_token = model.flops_per_token(training.seq_len)
-    decay = [p for p in model.parameters() if p.dim() >= 2]  # matrices and embeddings
-    no_decay = [p for p in model.parameters() if p.dim() < 2]  # norms
-    groups = [{"params": decay, "weight_decay": training.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=ds_config)
+    engine = build_engine(model, ds_config, training.weight_decay)
     stage = engine.zero_optimization_stage()
     bf16 = ds_config["bf16"]["enabled"]
     log.info("rank 0 of %d on %s: ZeRO stage %d, %s, %.2fM parameters, global batch %d x %d "

@@ -1,0 +1,272 @@
+"""Fine-tune a pretrained model with DeepSpeed: SFT, continued pretraining, or classification.
+
+    deepspeed [--num_gpus N] pretrain/finetune.py --init INIT --data FILE \
+        --task {sft,text,classify} --output OUT [--steps N] [--eval_data FILE] ...
+    python pretrain/finetune.py ...      (one process: rank 0 of 1, no launcher needed)
+
+INIT is an exported directory (`python -m pretrain.export`: config.json, model.safetensors,
+tokenizer files) or a pretrain.train checkpoint directory CKPT (consolidated from its ZeRO
+shards in memory, as pretrain.export does; its tokenizer from --tokenizer or the path its
+train_state.json recorded). The tokenizer is the SentencePiece model (tokenizer.model) of INIT
+(or --tokenizer): the pretraining ids. Data formats: see pretrain.finetune_data.
+
+The engine is pretrain.train's (same DeepSpeed JSON filling, AdamW groups, warmup + cosine lr),
+built from this command's flags instead of a YAML. Before and after training the model is
+evaluated on --eval_data (default: the training data): mean token loss (sft, text), or
+accuracy, F1 and the majority-class baseline (classify). OUT/ receives the export
+(sft, text: a transformers LlamaForCausalLM directory; classify: LlamaForSequenceClassification
+with num_labels and pad_token_id), the tokenizer files, metrics.csv (loss and lr per step) and
+results.json (also printed as one JSON line).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if __package__ in (None, ""):  # a script: use the repo root, not pretrain/ (see train.py)
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+import argparse  # noqa: E402 (after the path fix above)
+import csv
+import json
+import logging
+import math
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pretrain.classifier import SequenceClassifier, classification_metrics, save_classifier
+from pretrain.config import ConfigError, TrainingConfig, parse
+from pretrain.export import CONFIG_FILE, hf_state_dict, load_hf_model, save_hf_model
+from pretrain.files import write_json
+from pretrain.finetune_data import PAD_ID, READERS, Example, collate
+from pretrain.model import CausalLM, ModelConfig
+from pretrain.train import (
+    build_engine,
+    deepspeed_config,
+    init_distributed,
+    lr_at,
+    seed_everything,
+)
+
+log = logging.getLogger("pretrain.finetune")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--init", type=Path, required=True,
+                        help="exported HF directory or pretrain.train checkpoint directory")
+    parser.add_argument("--data", type=Path, required=True, help="training file")
+    parser.add_argument("--task", choices=sorted(READERS), required=True,
+                        help="sft: prompt/response JSONL, loss on responses only; text: plain "
+                             "text or JSONL 'text'; classify: MRPC TSV or JSONL text[/text_pair]"
+                             "/label")
+    parser.add_argument("--output", type=Path, required=True, help="export directory (OUT)")
+    parser.add_argument("--eval_data", type=Path, default=None,
+                        help="evaluation file (default: --data)")
+    parser.add_argument("--deepspeed_config", type=Path,
+                        default=ROOT / "configs" / "deepspeed" / "zero1.json",
+                        help="DeepSpeed JSON (default: configs/deepspeed/zero1.json)")
+    parser.add_argument("--tokenizer", type=Path, default=None,
+                        help="tokenizer directory (default: INIT, or the checkpoint's)")
+    parser.add_argument("--tag", default=None, help="checkpoint tag (default: CKPT/latest)")
+    parser.add_argument("--steps", type=int, default=100, help="optimizer steps (default: 100)")
+    parser.add_argument("--seq_len", type=int, default=256,
+                        help="max tokens per example / text window (default: 256)")
+    parser.add_argument("--micro_batch_size", type=int, default=8, help="per rank (default: 8)")
+    parser.add_argument("--grad_accum", type=int, default=1, help="(default: 1)")
+    parser.add_argument("--lr", type=float, default=1e-4, help="peak lr (default: 1e-4)")
+    parser.add_argument("--min_lr", type=float, default=None, help="(default: lr / 10)")
+    parser.add_argument("--warmup_steps", type=int, default=None,
+                        help="(default: 10%% of steps)")
+    parser.add_argument("--weight_decay", type=float, default=0.0, help="(default: 0)")
+    parser.add_argument("--grad_clip", type=float, default=1.0, help="(default: 1.0)")
+    parser.add_argument("--num_labels", type=int, default=None,
+                        help="classify: classes (default: max training label + 1)")
+    parser.add_argument("--seed", type=int, default=0, help="head init and data order")
+    parser.add_argument("--log_every", type=int, default=10, help="(default: 10)")
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def training_config(args: argparse.Namespace) -> TrainingConfig:
+    fields = {"seq_len": args.seq_len, "micro_batch_size": args.micro_batch_size,
+              "grad_accum": args.grad_accum, "lr": args.lr,
+              "min_lr": args.lr / 10 if args.min_lr is None else args.min_lr,
+              "warmup_steps": (args.steps // 10 if args.warmup_steps is None
+                               else args.warmup_steps),
+              "max_steps": args.steps, "weight_decay": args.weight_decay,
+              "grad_clip": args.grad_clip, "eval_every": args.steps, "eval_steps": 1,
+              "checkpoint_every": args.steps, "log_every": args.log_every, "seed": args.seed}
+    return parse(TrainingConfig, fields, "fine-tuning flags")
+
+
+def load_init(init: Path, tokenizer: Path | None, tag: str | None) -> tuple[CausalLM, Path]:
+    """The pretrained CausalLM and the tokenizer directory."""
+    if (init / CONFIG_FILE).is_file():
+        return load_hf_model(init), tokenizer or init
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    if tag is None:
+        if not (init / "latest").is_file():
+            raise ConfigError(f"{init} holds neither config.json (export) nor latest (CKPT)")
+        tag = (init / "latest").read_text().strip()
+    state = json.loads((init / tag / "train_state.json").read_text())
+    config = ModelConfig(**state["model"])
+    weights = hf_state_dict(get_fp32_state_dict_from_zero_checkpoint(str(init), tag=tag), config)
+    model = CausalLM(config)
+    model.load_state_dict(weights, strict=not config.tie_word_embeddings)
+    tokenizer = tokenizer or (Path(state["tokenizer"]) if state.get("tokenizer") else None)
+    if tokenizer is None:
+        raise ConfigError(f"{init}/{tag} recorded no tokenizer: pass --tokenizer")
+    return model, tokenizer
+
+
+def micro_batches(examples: list[Example], micro: int, rank: int, world_size: int,
+                  seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless (input_ids, labels) batches of this rank: a seeded shuffle per epoch, each global
+    batch of micro * world_size examples split by rank."""
+    per_step, epoch = micro * world_size, 0
+    while True:
+        generator = torch.Generator().manual_seed(seed + epoch)
+        order = torch.randperm(len(examples), generator=generator).tolist()
+        order *= math.ceil(per_step / len(order))
+        for start in range(0, len(order) - per_step + 1, per_step):
+            mine = order[start + rank * micro:start + (rank + 1) * micro]
+            yield collate([examples[i] for i in mine])
+        epoch += 1
+
+
+@torch.no_grad()
+def evaluate(engine: Any, examples: list[Example], micro: int, task: str,
+             majority: int | None, device: torch.device) -> dict[str, Any]:
+    """Token-weighted mean loss (sft, text) or classification metrics, over all examples."""
+    engine.eval()
+    loss_sum, count, predictions, labels = 0.0, 0, [], []
+    for start in range(0, len(examples), micro):
+        ids, target = (t.to(device) for t in collate(examples[start:start + micro]))
+        out = engine(ids, labels=target)
+        if task == "classify":
+            predictions += out.logits.argmax(-1).tolist()
+            labels += target.tolist()
+            loss_sum, count = loss_sum + out.loss.item() * len(ids), count + len(ids)
+        else:
+            targets = int((target[:, 1:] != -100).sum())
+            loss_sum, count = loss_sum + out.loss.item() * targets, count + targets
+    engine.train()
+    result: dict[str, Any] = {"loss": loss_sum / count}
+    if task == "classify":
+        result |= classification_metrics(predictions, labels, majority_class=majority or 0)
+    return result
+
+
+def full_state_dict(engine: Any) -> dict[str, torch.Tensor]:
+    """The whole module's weights on CPU (ZeRO-3: gathered from the ranks first)."""
+    module = engine.module
+    if engine.zero_optimization_stage() == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters())):
+            return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def finetune(args: argparse.Namespace) -> dict[str, Any]:
+    rank, world_size, device = init_distributed()
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated")
+    if rank == 0:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s",
+                            force=True)
+    training = training_config(args)
+    lm, tokenizer_dir = load_init(args.init, args.tokenizer, args.tag)
+    if training.seq_len > lm.config.max_position_embeddings:
+        raise ConfigError(f"--seq_len {training.seq_len} > the model's max_position_embeddings "
+                          f"{lm.config.max_position_embeddings}")
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(tokenizer_dir / "tokenizer.model"))
+    read = READERS[args.task]
+    train_data = read(args.data, sp.encode, training.seq_len)
+    eval_data = read(args.eval_data or args.data, sp.encode, training.seq_len)
+    if not train_data or not eval_data:
+        raise ConfigError(f"no usable examples in {args.data} or {args.eval_data}")
+    majority, num_labels = None, None
+    seed_everything(training.seed)
+    model: torch.nn.Module = lm
+    if args.task == "classify":
+        classes = [int(e.labels) for e in train_data]  # type: ignore[arg-type]
+        num_labels = args.num_labels or max(classes) + 1
+        majority = max(range(num_labels), key=classes.count)
+        model = SequenceClassifier.from_causal_lm(lm, num_labels, PAD_ID)
+    from deepspeed.accelerator import get_accelerator
+
+    bf16 = device.type != "cpu" and get_accelerator().is_bf16_supported()
+    ds = deepspeed_config(args.deepspeed_config, training, world_size, bf16)
+    engine = build_engine(model, ds, training.weight_decay)
+    engine.train()
+    log.info("%s fine-tuning from %s: %d training examples, %d eval, %d steps on %d rank(s), "
+             "ZeRO stage %d", args.task, args.init, len(train_data), len(eval_data),
+             training.max_steps, world_size, engine.zero_optimization_stage())
+
+    before = evaluate(engine, eval_data, training.micro_batch_size, args.task, majority, device)
+    log.info("before: %s", before)
+    data = micro_batches(train_data, training.micro_batch_size, rank, world_size, training.seed)
+    rows = []
+    for step in range(1, training.max_steps + 1):
+        lr = lr_at(step, training)
+        for group in engine.optimizer.param_groups:
+            group["lr"] = lr
+        total = 0.0
+        for _ in range(training.grad_accum):
+            ids, labels = (t.to(device) for t in next(data))
+            loss = engine(ids, labels=labels).loss
+            engine.backward(loss)
+            engine.step()
+            total += loss.item()
+        rows.append({"step": step, "loss": total / training.grad_accum, "lr": lr})
+        if step % training.log_every == 0 or step == training.max_steps:
+            log.info("step %d/%d | loss %.4f | lr %.2e", step, training.max_steps,
+                     rows[-1]["loss"], lr)
+    after = evaluate(engine, eval_data, training.micro_batch_size, args.task, majority, device)
+    state = full_state_dict(engine)
+    result = {"task": args.task, "init": str(args.init), "data": str(args.data),
+              "eval_data": str(args.eval_data or args.data), "steps": training.max_steps,
+              "ranks": world_size, "train_examples": len(train_data),
+              "train_loss_first": rows[0]["loss"], "train_loss_last": rows[-1]["loss"],
+              "before": before, "after": after}
+    if rank == 0:
+        args.output.mkdir(parents=True, exist_ok=True)
+        if args.task == "classify":
+            save_classifier(state, lm.config, num_labels or 2, PAD_ID, args.output,
+                            tokenizer_dir)
+        else:
+            save_hf_model(state, lm.config, args.output, tokenizer_dir)
+        with open(args.output / "metrics.csv", "w", newline="") as stream:
+            writer = csv.DictWriter(stream, fieldnames=["step", "loss", "lr"])
+            writer.writeheader()
+            writer.writerows(rows)
+        write_json(args.output / "results.json", result)
+        print(json.dumps(result), flush=True)
+        log.info("after: %s; exported to %s", after, args.output)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        finetune(args)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
