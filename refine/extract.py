@@ -36,7 +36,6 @@ from __future__ import annotations
 import logging
 import re
 
-import trafilatura
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # trafilatura logs a warning per discarded page; keep it quiet whatever logging the app sets up.
@@ -134,6 +133,8 @@ def extract_text(html: str, config: ExtractConfig) -> str:
     """Main text of one decoded HTML page, or "" if none (no state shared across pages)."""
     if not html or not html.strip():
         return ""
+    import trafilatura  # here, not at the top: the config is read where no page is extracted
+
     text = trafilatura.extract(
         _fit(html, config.max_html_bytes),
         output_format="txt",
