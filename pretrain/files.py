@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
+
+from refine.atomic_file import write_json_atomic as write_json  # noqa: F401 (re-export)
 
 RUN_MANIFEST = "manifest.json"
 
@@ -19,13 +20,6 @@ def setup_logging(verbose: bool = True) -> None:
     """Log lines like refine's CLI: `INFO pretrain.tokenize: ...` on stderr."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-
-
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON atomically (temp name in the same directory, then os.replace)."""
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
-    os.replace(temp, path)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -48,6 +48,10 @@ class UnitStats:
         }
 
 
+def _new_input(units: int) -> dict[str, Any]:
+    return {"units": units, "units_done": 0, "read": 0, "kept": 0, "rejected": 0, "by_reason": {}}
+
+
 def load_parts(parts_dir: Path) -> list[dict[str, Any]]:
     if not parts_dir.exists():
         return []
@@ -56,10 +60,7 @@ def load_parts(parts_dir: Path) -> list[dict[str, Any]]:
 
 def merge(parts: list[dict[str, Any]], units_per_input: dict[str, int]) -> dict[str, Any]:
     stages = {name: new_stage() for name in STAGES}
-    inputs: dict[str, dict[str, Any]] = {
-        path: {"units": n, "units_done": 0, "read": 0, "kept": 0, "rejected": 0, "by_reason": {}}
-        for path, n in units_per_input.items()
-    }
+    inputs = {path: _new_input(n) for path, n in units_per_input.items()}
     records_by_type: Counter[str] = Counter()
     warnings: list[str] = []
     for part in parts:
@@ -69,10 +70,7 @@ def merge(parts: list[dict[str, Any]], units_per_input: dict[str, int]) -> dict[
                 total[key] += stage[key]
             for reason, count in stage["rejected"].items():
                 total["rejected"][reason] = total["rejected"].get(reason, 0) + count
-        entry = inputs.setdefault(
-            part["input"],
-            {"units": 0, "units_done": 0, "read": 0, "kept": 0, "rejected": 0, "by_reason": {}},
-        )
+        entry = inputs.setdefault(part["input"], _new_input(0))
         entry["units_done"] += 1
         entry["read"] += part["read"]
         entry["kept"] += part["kept"]
