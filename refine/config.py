@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from refine.configfile import ConfigError, parse, read_yaml
+from refine.dedup.config import DedupConfig
 from refine.extract import ExtractConfig
 from refine.filters.language import LanguageConfig
 from refine.filters.lines import LineCorrectionConfig
@@ -46,6 +47,7 @@ class RunConfig(BaseModel):
     repetition: RepetitionConfig = Field(default_factory=RepetitionConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
     lines: LineCorrectionConfig = Field(default_factory=LineCorrectionConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     def canonical_json(self) -> str:

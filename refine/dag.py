@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from refine.readers import Unit
@@ -83,3 +83,30 @@ def process_units(units: list[Unit], config_json: str, run_dir: str, workers: in
     )
     for row in dataset.iter_rows():
         yield json.loads(row["summary"])
+
+
+def map_tasks(fn: Callable[..., Any], arguments: list[tuple], workers: int,
+              address: str | None = None) -> list[Any]:
+    """`fn(*args)` for each tuple as Ray tasks, at most `workers` at once; results in order.
+
+    Used by the whole-run stages (dedup): each task reads its own shard or bucket files, so
+    only small arguments and results (keys, ids, numbers) travel through Ray.
+    """
+    import ray
+
+    if not arguments:
+        return []
+    init_ray(address)
+    cpus = ray.cluster_resources().get("CPU", 1.0)
+    remote = ray.remote(num_cpus=min(1.0, max(0.1, cpus / workers)), max_retries=2)(fn)
+    results: list[Any] = [None] * len(arguments)
+    running: dict[Any, int] = {}
+    waiting = list(enumerate(arguments))[::-1]
+    while waiting or running:
+        while waiting and len(running) < workers:
+            index, args = waiting.pop()
+            running[remote.remote(*args)] = index
+        ready, _ = ray.wait(list(running), num_returns=1)
+        for ref in ready:
+            results[running.pop(ref)] = ray.get(ref)
+    return results

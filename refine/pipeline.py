@@ -26,7 +26,7 @@ from refine.sandbox import OK, ExtractionSandbox
 from refine.shards import KEPT_SCHEMA, REJECTED_SCHEMA, ShardWriter, remove_unit_outputs
 from refine.stats import UnitStats
 
-DATA, REJECTED, PARTS = "data", "rejected", "stats/units"
+DATA, FILTERED, REJECTED, PARTS = "data", "filtered", "rejected", "stats/units"
 WARN_REASONS = ("corrupt_record", "truncated_record", "record_too_large")
 
 
@@ -56,16 +56,18 @@ class UnitProcessor:
         self.sandbox.start()  # the child imports trafilatura while we load the other models
         self.url_filter = URLFilter(config.url).load() if config.url.enabled else None
         self.text_filters = build_text_filters(config)
+        # with dedup, stages 1-7 write to filtered/ and the dedup stages write data/ from it
+        self.kept_dir = FILTERED if config.dedup.enabled else DATA
 
     def close(self) -> None:
         self.sandbox.close()
 
     def process(self, unit: Unit) -> dict[str, Any]:
         started = time.monotonic()
-        for sub in (DATA, REJECTED):
+        for sub in (self.kept_dir, REJECTED):
             remove_unit_outputs(self.run_dir / sub, unit.id)
         out = self.config.output
-        kept = ShardWriter(self.run_dir / DATA, unit.id, KEPT_SCHEMA, out.shard_bytes,
+        kept = ShardWriter(self.run_dir / self.kept_dir, unit.id, KEPT_SCHEMA, out.shard_bytes,
                            out.compression)
         rejected = ShardWriter(self.run_dir / REJECTED, unit.id, REJECTED_SCHEMA,
                                out.shard_bytes, out.compression)
@@ -84,7 +86,7 @@ class UnitProcessor:
         stats.wall_s = time.monotonic() - started
         summary = stats.to_dict()
         summary["finished_unix"] = round(time.time(), 3)
-        summary["files"] = {"data": kept.files, "rejected": rejected.files}
+        summary["files"] = {self.kept_dir: kept.files, "rejected": rejected.files}
         summary["worker"] = {
             "pid": os.getpid(),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

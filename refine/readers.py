@@ -201,7 +201,7 @@ def _row_to_record(unit: Unit, offset: int, row: dict) -> SourceRecord:
     text = row.get("text")
     doc = Document(
         id=str(row.get("id") or _fallback_id(unit.path, offset)),
-        url=str(row.get("url") or ""),
+        url=str(row.get("url") or _metadata(row).get("warc_url") or ""),
         text=text if isinstance(text, str) else "",
         date=str(row.get("date") or ""),
         file_path=unit.path,
@@ -210,6 +210,12 @@ def _row_to_record(unit: Unit, offset: int, row: dict) -> SourceRecord:
     if not isinstance(text, str):
         return SourceRecord(doc, reason="no_text", record_type="row")
     return SourceRecord(doc, record_type="row")
+
+
+def _metadata(row: dict) -> dict:
+    """Dolma-style rows keep the URL under ``metadata`` (``warc_url``, ``url``)."""
+    metadata = row.get("metadata")
+    return metadata if isinstance(metadata, dict) else {}
 
 
 def _read_parquet(unit: Unit, stream: BinaryIO) -> Iterator[SourceRecord]:

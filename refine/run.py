@@ -17,8 +17,9 @@ from typing import Any
 from refine import __version__
 from refine.atomic_file import write_json_atomic
 from refine.config import RunConfig
+from refine.dedup.stage import DEDUP_STATS, dedup_done, run_dedup
 from refine.filters.url import URLFilter
-from refine.pipeline import DATA, PARTS, REJECTED, unit_done
+from refine.pipeline import DATA, FILTERED, PARTS, REJECTED, unit_done
 from refine.readers import Unit, expand_inputs, plan_units
 from refine.stats import load_parts, merge
 
@@ -71,14 +72,14 @@ def _prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool, overwrite: 
             if previous != config.hash:
                 raise RunError(f"cannot resume {run_dir}: it was run with config {previous}, "
                                f"this config is {config.hash}; use a new --output")
-    for sub in (DATA, REJECTED, PARTS):
+    for sub in (DATA, FILTERED, REJECTED, PARTS):
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
 
 
 def run(config: RunConfig, inputs: list[str], output: str | Path, workers: int = 2,
         address: str | None = None, resume: bool = False, overwrite: bool = False,
         on_unit: Callable[[dict[str, Any], int, int], None] | None = None) -> RunResult:
-    from refine.dag import process_units
+    from refine.dag import map_tasks, process_units
 
     started = time.monotonic()
     if workers < 1:
@@ -99,6 +100,8 @@ def run(config: RunConfig, inputs: list[str], output: str | Path, workers: int =
     if pending and config.url.enabled:
         URLFilter(config.url).load()  # builds the blocklist cache once, before the workers map it
     _write_manifest(run_dir, manifest, units, "running")
+    if pending:
+        (run_dir / DEDUP_STATS).unlink(missing_ok=True)  # new filtered shards: dedup again
     done, docs_this_launch = len(units) - len(pending), 0
     for summary in process_units(pending, config.model_dump_json(), str(run_dir), workers,
                                  address):
@@ -106,7 +109,15 @@ def run(config: RunConfig, inputs: list[str], output: str | Path, workers: int =
         docs_this_launch += summary["read"]
         if on_unit:
             on_unit(summary, done, len(units))
-    stats = merge(load_parts(run_dir / PARTS), dict(units_per_input))
+    dedup = None
+    if config.dedup.enabled:
+        if dedup_done(run_dir):
+            dedup = json.loads((run_dir / DEDUP_STATS).read_text())
+        else:
+            dedup = run_dedup(run_dir, config.dedup, config.output.rejected_text_chars,
+                              config.output.compression,
+                              lambda fn, args: map_tasks(fn, args, workers, address))
+    stats = merge(load_parts(run_dir / PARTS), dict(units_per_input), dedup)
     stats["config_hash"] = config.hash
     wall = time.monotonic() - started
     stats["last_launch"] = {"wall_s": round(wall, 3), "units": len(pending), "workers": workers,

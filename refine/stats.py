@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 STAGES = ("read", "url", "extract", "language", "repetition", "quality", "lines", "write")
+DEDUP_STAGES = ("fuzzy_dedup", "exact_dedup", "url_dedup")  # whole-run stages, after "lines"
 
 
 def new_stage() -> dict[str, Any]:
@@ -58,7 +59,9 @@ def load_parts(parts_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted(parts_dir.glob("*.json"))]
 
 
-def merge(parts: list[dict[str, Any]], units_per_input: dict[str, int]) -> dict[str, Any]:
+def merge(parts: list[dict[str, Any]], units_per_input: dict[str, int],
+          dedup: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Merge unit files; `dedup` (RUN/stats/dedup.json) moves its removals from kept to rejected."""
     stages = {name: new_stage() for name in STAGES}
     inputs = {path: _new_input(n) for path, n in units_per_input.items()}
     records_by_type: Counter[str] = Counter()
@@ -79,6 +82,8 @@ def merge(parts: list[dict[str, Any]], units_per_input: dict[str, int]) -> dict[
             entry["by_reason"][reason] = entry["by_reason"].get(reason, 0) + count
         records_by_type.update(part["records_by_type"])
         warnings.extend(part["warnings"])
+    if dedup is not None:
+        _apply_dedup(dedup, stages, inputs)
     for stage in stages.values():
         stage["cpu_s"] = round(stage["cpu_s"], 3)
         stage["docs_per_cpu_s"] = round(stage["in"] / stage["cpu_s"], 1) if stage["cpu_s"] else None
@@ -87,6 +92,8 @@ def merge(parts: list[dict[str, Any]], units_per_input: dict[str, int]) -> dict[
         entry["complete"] = entry["units_done"] == entry["units"]
         entry["accounting_ok"] = entry["read"] == entry["kept"] + entry["rejected"]
         entry["by_reason"] = dict(sorted(entry["by_reason"].items()))
+    order = {name: i for i, name in enumerate(STAGES[:-1] + DEDUP_STAGES + STAGES[-1:])}
+    stages = dict(sorted(stages.items(), key=lambda item: order.get(item[0], len(order))))
     read = sum(e["read"] for e in inputs.values())
     kept = sum(e["kept"] for e in inputs.values())
     rejected = sum(e["rejected"] for e in inputs.values())
@@ -98,3 +105,14 @@ def merge(parts: list[dict[str, Any]], units_per_input: dict[str, int]) -> dict[
         "records_by_type": dict(sorted(records_by_type.items())),
         "warnings": warnings,
     }
+
+
+def _apply_dedup(dedup: dict[str, Any], stages: dict[str, Any], inputs: dict[str, Any]) -> None:
+    for name, stage in dedup["stages"].items():
+        stages[name] = {**new_stage(), **stage}
+    for path, by_reason in dedup["inputs"].items():
+        entry = inputs.setdefault(path, _new_input(0))
+        for reason, count in by_reason.items():
+            entry["kept"] -= count
+            entry["rejected"] += count
+            entry["by_reason"][reason] = entry["by_reason"].get(reason, 0) + count

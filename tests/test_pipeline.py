@@ -51,10 +51,10 @@ def process(tmp_path: Path, records: bytes, **overrides) -> tuple[dict, list[dic
     finally:
         processor.close()
     rows = {}
-    for sub in ("data", "rejected"):
+    for sub in (processor.kept_dir, "rejected"):  # stages 1-7: filtered/ when dedup follows
         files = sorted((tmp_path / "run" / sub).glob("*.parquet"))
         rows[sub] = [r for f in files for r in pq.read_table(f).to_pylist()]
-    return summary, rows["data"], rows["rejected"]
+    return summary, rows[processor.kept_dir], rows["rejected"]
 
 
 def test_empty_page_slow_page_and_good_page_each_end_in_their_place(tmp_path):

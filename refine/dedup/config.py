@@ -1,0 +1,66 @@
+"""Settings of the dedup stages (design stages 8-10), the `dedup:` section of a run config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from refine.dedup.minhash import MinHashConfig
+
+MiB = 1 << 20
+URL_SET = "dedup/urls.parquet"  # a run's kept URLs, read by later runs' URL dedup
+
+
+class FuzzyDedupConfig(MinHashConfig):
+    """Stage 8. Defaults: RefinedWeb's 450 bands x 20 rows on word 5-grams."""
+
+    enabled: bool = True
+    # band keys are shuffled into buckets of about this many bytes (16 per key), one task each
+    bucket_bytes: int = Field(256 * MiB, ge=MiB)
+
+
+class ExactDedupConfig(BaseModel):
+    """Stage 9: spans of `min_tokens` or more tokens seen earlier in the partition are cut."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    min_tokens: int = Field(50, ge=2)
+    min_chars: int = Field(20, ge=0)  # documents left shorter than this are dropped
+    partition_bytes: int = Field(256 * MiB, ge=1024)  # text per suffix array: bounds memory
+
+
+class URLDedupConfig(BaseModel):
+    """Stage 10: a normalised URL is kept once in a run, and never again after `previous_runs`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    previous_runs: list[str] = Field(default_factory=list)  # run directories, or their urls.parquet
+
+    @field_validator("previous_runs")
+    @classmethod
+    def _url_sets_exist(cls, runs: list[str]) -> list[str]:
+        for run in runs:
+            if not url_set_path(run).is_file():
+                raise ValueError(f"{run}: no URL set ({URL_SET}); is it a finished refine run "
+                                 "with URL dedup?")
+        return runs
+
+
+def url_set_path(run: str | Path) -> Path:
+    path = Path(run)
+    return path if path.suffix == ".parquet" else path / URL_SET
+
+
+class DedupConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fuzzy: FuzzyDedupConfig = Field(default_factory=FuzzyDedupConfig)
+    exact: ExactDedupConfig = Field(default_factory=ExactDedupConfig)
+    urls: URLDedupConfig = Field(default_factory=URLDedupConfig)
+
+    @property
+    def enabled(self) -> bool:
+        return self.fuzzy.enabled or self.exact.enabled or self.urls.enabled

@@ -1,0 +1,108 @@
+"""Stage 11 after dedup: one filtered shard in, its kept rows (spans cut) and rejected rows out.
+
+Output names follow the input shard's name, so a rewrite is the same whichever worker runs it.
+Cut spans go to ``RUN/spans/`` (document id, character offsets, the id holding the first
+occurrence, the cut text) so the report can show them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from refine.atomic_file import atomic_write
+from refine.dedup.exact import DuplicateSpan, cut_spans
+from refine.shards import KEPT_SCHEMA, REJECTED_SCHEMA
+
+SPAN_SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("start", pa.int64()),
+    ("end", pa.int64()),
+    ("tokens", pa.int64()),
+    ("duplicate_of", pa.string()),
+    ("text", pa.string()),
+])
+
+
+@dataclass(frozen=True)
+class Removal:
+    stage: str
+    reason: str
+    duplicate_of: str | None
+
+
+@dataclass
+class ShardEdits:
+    """What dedup decided for one shard's rows (by row number)."""
+
+    removals: dict[int, Removal] = field(default_factory=dict)
+    spans: dict[int, list[tuple[DuplicateSpan, str]]] = field(default_factory=dict)  # + source id
+
+
+@dataclass
+class RewriteResult:
+    shard: str
+    kept: int
+    rejected: Counter[str]  # (input, "stage.reason") keys joined by "\t"
+    spans: int
+    chars_cut: int
+
+
+def _write(table: pa.Table, path: Path, compression: str | None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as handle:
+        pq.write_table(table, handle, compression=compression or "none")
+
+
+def rewrite_shard(source: str, run_dir: str, edits: ShardEdits, rejected_text_chars: int,
+                  compression: str) -> RewriteResult:
+    compression = None if compression == "none" else compression
+    name = Path(source).name
+    rows = pq.read_table(source).to_pylist()
+    kept: list[dict] = []
+    rejected: list[dict] = []
+    span_rows: list[dict] = []
+    counts: Counter[str] = Counter()
+    chars_cut = 0
+    for index, row in enumerate(rows):
+        removal = edits.removals.get(index)
+        if removal is not None:
+            text = row["text"]
+            counts[f"{row['file_path']}\t{removal.stage}.{removal.reason}"] += 1
+            rejected.append({
+                "id": row["id"], "url": row["url"], "date": row["date"],
+                "file_path": row["file_path"], "offset": row["offset"], "stage": removal.stage,
+                "reason": removal.reason, "duplicate_of": removal.duplicate_of,
+                "language": row["language"], "metrics": row["metrics"],
+                "text": text[:rejected_text_chars], "text_chars": len(text),
+            })
+            continue
+        spans = edits.spans.get(index)
+        if spans:
+            text = row["text"]
+            for span, source_id in spans:
+                span_rows.append({"id": row["id"], "start": span.start, "end": span.end,
+                                  "tokens": span.tokens, "duplicate_of": source_id,
+                                  "text": text[span.start : span.end][:rejected_text_chars]})
+            row["text"] = cut_spans(text, [s for s, _ in spans])
+            cut = len(text) - len(row["text"])
+            chars_cut += cut
+            row["metrics"] = dict(row["metrics"] or [])
+            row["metrics"]["exact_dedup.chars_cut"] = float(cut)
+            row["metrics"]["exact_dedup.spans"] = float(len(spans))
+            row["token_count"] = len(row["text"].split())
+        kept.append(row)
+    run = Path(run_dir)
+    if kept:
+        _write(pa.Table.from_pylist(kept, schema=KEPT_SCHEMA), run / "data" / name, compression)
+    if rejected:
+        _write(pa.Table.from_pylist(rejected, schema=REJECTED_SCHEMA),
+               run / "rejected" / f"dedup-{name}", compression)
+    if span_rows:
+        _write(pa.Table.from_pylist(span_rows, schema=SPAN_SCHEMA), run / "spans" / name,
+               compression)
+    return RewriteResult(name, len(kept), counts, len(span_rows), chars_cut)

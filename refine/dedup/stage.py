@@ -1,0 +1,178 @@
+"""Stages 8-10 over a whole run: reads the filtered shards, writes data/, rejected/, spans/.
+
+Knows nothing of Ray: the caller passes `map_tasks(fn, argument_tuples) -> results in order`,
+which `refine.dag` runs as Ray tasks (tests may pass a plain loop). Only band keys, ids and
+per-document numbers travel to the driver; texts are read by the tasks from the shards.
+The stats file ``RUN/stats/dedup.json`` is written last and marks the stage as done.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from refine.atomic_file import write_json_atomic
+from refine.dedup.config import DedupConfig
+from refine.dedup.fuzzy import (
+    KEY_DTYPE,
+    ShardDocs,
+    bucket_edges,
+    choose_survivors,
+    preference_order,
+    sign_shard,
+)
+from refine.dedup.rewrite import Removal, ShardEdits, rewrite_shard
+from refine.dedup.substrings import dedup_partition, partition_ranges
+from refine.dedup.urls import decide, read_url_sets, write_url_set
+
+MapTasks = Callable[[Callable[..., Any], list[tuple]], list[Any]]
+FILTERED, DATA, REJECTED, SPANS = "filtered", "data", "rejected", "spans"
+WORK = "dedup/work"
+DEDUP_STATS = "stats/dedup.json"
+log = logging.getLogger(__name__)
+
+
+def dedup_done(run_dir: Path) -> bool:
+    return (run_dir / DEDUP_STATS).exists()
+
+
+def _clear_outputs(run_dir: Path) -> None:
+    """An interrupted dedup is redone from the filtered shards: remove what it wrote."""
+    for sub in (DATA, SPANS, WORK):
+        shutil.rmtree(run_dir / sub, ignore_errors=True)
+    for path in (run_dir / REJECTED).glob("dedup-*"):
+        path.unlink()
+    (run_dir / DATA).mkdir(parents=True)
+
+
+def _stage(docs_in: int) -> dict[str, Any]:
+    return {"in": docs_in, "out": docs_in, "rejected": {}, "cpu_s": 0.0}
+
+
+def run_dedup(run_dir: Path, config: DedupConfig, rejected_text_chars: int, compression: str,
+              map_tasks: MapTasks) -> dict[str, Any]:
+    started = time.monotonic()
+    run_dir = Path(run_dir)
+    _clear_outputs(run_dir)
+    shards = sorted((run_dir / FILTERED).glob("*.parquet"))
+    total = sum(pq.ParquetFile(p).metadata.num_rows for p in shards)
+    fuzzy = config.fuzzy if config.fuzzy.enabled else None
+    buckets = 1
+    if fuzzy is not None:
+        key_bytes = total * fuzzy.num_bands * KEY_DTYPE.itemsize
+        buckets = max(1, math.ceil(key_bytes / fuzzy.bucket_bytes))
+    bucket_dir = run_dir / WORK / "bands"
+    log.info("dedup: %d documents in %d shards", total, len(shards))
+    per_shard: list[ShardDocs] = map_tasks(
+        sign_shard, [(str(p), i, str(bucket_dir), buckets, fuzzy) for i, p in enumerate(shards)])
+    offsets = np.cumsum([0] + [len(d) for d in per_shard]).astype(np.int64)
+    ids = [i for d in per_shard for i in d.ids]
+    chars = np.concatenate([d.chars for d in per_shard]) if per_shard else np.empty(0, np.int64)
+    id_hash = np.concatenate([d.id_hash for d in per_shard]) if per_shard else np.empty(0, "u8")
+    url_hash = np.concatenate([d.url_hash for d in per_shard]) if per_shard else np.empty(0, "u8")
+    rank = preference_order(chars, id_hash)
+    removals: dict[int, Removal] = {}
+    stages: dict[str, dict[str, Any]] = {}
+
+    if fuzzy is not None:
+        stage = stages["fuzzy_dedup"] = _stage(total)
+        stage["cpu_s"] = sum(d.cpu_s for d in per_shard)
+        results = map_tasks(bucket_edges, [(str(d),) for d in sorted(bucket_dir.glob("*"))])
+        edges = np.concatenate([e for e, _ in results]) if results else np.empty((0, 2), "u8")
+        stage["cpu_s"] += sum(cpu for _, cpu in results)
+        survivors = choose_survivors(edges, offsets, rank)
+        for doc in survivors.removed.tolist():
+            removals[doc] = Removal("fuzzy_dedup", "near_duplicate",
+                                    ids[int(survivors.survivor[doc])])
+        stage.update(clusters=survivors.clusters, candidate_pairs=len(edges), buckets=buckets,
+                     preset=f"{fuzzy.num_bands}x{fuzzy.rows_per_band}")
+        log.info("fuzzy dedup: %d near-duplicates in %d clusters", len(removals),
+                 survivors.clusters)
+
+    spans_by_doc: dict[int, list] = {}
+    final_chars = chars.copy()
+    if config.exact.enabled:
+        alive = np.ones(total, dtype=bool)
+        alive[list(removals)] = False
+        stage = stages["exact_dedup"] = _stage(int(alive.sum()))
+        ranges = partition_ranges(chars, alive, config.exact.partition_bytes)
+        tasks = []
+        for lo, hi in ranges:
+            overlapping = [(str(shards[i]), int(offsets[i])) for i in range(len(shards))
+                           if offsets[i] < hi and offsets[i + 1] > lo]
+            tasks.append((overlapping, lo, hi, alive[lo:hi], rank[lo:hi], config.exact))
+        spans_cut = 0
+        for part in map_tasks(dedup_partition, tasks):
+            stage["cpu_s"] += part.cpu_s
+            for doc, source in part.dropped.items():
+                removals[doc] = Removal("exact_dedup", "too_short_after_cut", ids[source])
+            for doc, span in zip(part.doc.tolist(), part.spans, strict=True):
+                spans_by_doc.setdefault(doc, []).append((span, ids[span.source]))
+                spans_cut += 1
+            for doc, length in part.chars_after.items():
+                final_chars[doc] = length
+        stage.update(partitions=len(ranges), spans_cut=spans_cut,
+                     documents_cut=len(spans_by_doc),
+                     chars_cut=int((chars - final_chars)[list(spans_by_doc)].sum()))
+        log.info("exact substring dedup: %d spans cut from %d documents, %d dropped", spans_cut,
+                 len(spans_by_doc), sum(r.stage == "exact_dedup" for r in removals.values()))
+
+    alive = np.ones(total, dtype=bool)
+    alive[list(removals)] = False
+    if config.urls.enabled:
+        started_urls = time.process_time()
+        stage = stages["url_dedup"] = _stage(int(alive.sum()))
+        url_rank = preference_order(final_chars, id_hash)
+        decision = decide(url_hash, alive, url_rank, read_url_sets(config.urls.previous_runs))
+        for doc in np.flatnonzero(decision.duplicate_of >= 0).tolist():
+            removals[doc] = Removal("url_dedup", "duplicate_url",
+                                    ids[int(decision.duplicate_of[doc])])
+        for doc, earlier_id in decision.earlier_run_id.items():
+            removals[doc] = Removal("url_dedup", "url_in_earlier_run", earlier_id)
+        alive[list(removals)] = False
+        write_url_set(run_dir, url_hash, ids, alive)
+        stage["cpu_s"] = time.process_time() - started_urls
+
+    for doc in list(spans_by_doc):
+        if doc in removals:
+            del spans_by_doc[doc]  # removed later (URL dedup): its cuts are moot
+    edits = [ShardEdits() for _ in shards]
+    shard_of = np.searchsorted(offsets, np.arange(total), side="right") - 1
+    for doc, removal in removals.items():
+        edits[shard_of[doc]].removals[doc - int(offsets[shard_of[doc]])] = removal
+    for doc, spans in spans_by_doc.items():
+        edits[shard_of[doc]].spans[doc - int(offsets[shard_of[doc]])] = spans
+    rewritten = map_tasks(rewrite_shard, [
+        (str(path), str(run_dir), edit, rejected_text_chars, compression)
+        for path, edit in zip(shards, edits, strict=True)])
+
+    by_input: dict[str, Counter[str]] = {}
+    for result in rewritten:
+        for key, count in result.rejected.items():
+            path, reason = key.split("\t")
+            by_input.setdefault(path, Counter())[reason] += count
+    for removal in removals.values():
+        stage = stages[removal.stage]
+        stage["rejected"][removal.reason] = stage["rejected"].get(removal.reason, 0) + 1
+        stage["out"] -= 1
+    for stage in stages.values():
+        stage["cpu_s"] = round(stage["cpu_s"], 3)
+    summary = {
+        "documents_in": total,
+        "documents_out": sum(r.kept for r in rewritten),
+        "stages": stages,
+        "inputs": {path: dict(sorted(c.items())) for path, c in sorted(by_input.items())},
+        "wall_s": round(time.monotonic() - started, 3),
+    }
+    shutil.rmtree(run_dir / WORK, ignore_errors=True)
+    write_json_atomic(run_dir / DEDUP_STATS, summary)
+    return summary
