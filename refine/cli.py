@@ -17,8 +17,10 @@ with every dropped record written to RUN/rejected/ with its stage and reason."""
 
 RUN_EPILOG = """\
 The run directory holds data/ (kept documents, Parquet), rejected/ (one row per dropped
-record), stats.json (per stage: in/out, reasons, CPU) and manifest.json (resolved config and
-its hash, inputs, versions, per-input completion).
+record, with the id it duplicates for dedup), spans/ (substrings cut by exact dedup),
+filtered/ (documents after stages 1-7, before dedup), dedup/urls.parquet (kept URLs, for a
+later run's dedup.urls.previous_runs), stats.json (per stage: in/out, reasons, CPU) and
+manifest.json (resolved config and its hash, inputs, versions, per-input completion).
 
 examples:
   refine run configs/refinedweb.yaml --input 'crawl/*.warc.gz' --output runs/cc
@@ -38,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "run", help="run the refinement DAG over inputs into a run directory",
-        description="Run stages 1-7 and 11 of RefinedWeb's MacroData Refinement on Ray.",
+        description="Run RefinedWeb's MacroData Refinement on Ray: stages 1-7 per work "
+        "unit, then the whole-run dedup stages 8-10 (MinHash, exact substrings, URLs).",
         epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("config", help="YAML config (see configs/refinedweb.yaml)")
     run.add_argument("--input", "-i", nargs="+", required=True, metavar="PATH_OR_GLOB",
@@ -97,8 +100,24 @@ def _command_run(args: argparse.Namespace) -> int:
             bar.set_postfix(docs=totals["read"], kept=totals["kept"], refresh=False)
             bar.refresh()
 
+    steps: dict[str, Any] = {}
+
+    def on_step(step: str, done: int, total: int) -> None:
+        if args.quiet:
+            return
+        if step not in steps:
+            if bar is not None:
+                bar.close()  # the units are done
+            for other in steps.values():
+                other.close()
+            steps[step] = tqdm(total=total, unit="task", desc=step, dynamic_ncols=True)
+        steps[step].n = done
+        steps[step].refresh()
+
     result = run(config, args.input, args.output, workers=args.workers, address=args.address,
-                 resume=args.resume, overwrite=args.overwrite, on_unit=on_unit)
+                 resume=args.resume, overwrite=args.overwrite, on_unit=on_unit, on_step=on_step)
+    for step_bar in steps.values():
+        step_bar.close()
     if bar is not None:
         bar.close()
     if result.units_skipped:

@@ -86,7 +86,8 @@ def process_units(units: list[Unit], config_json: str, run_dir: str, workers: in
 
 
 def map_tasks(fn: Callable[..., Any], arguments: list[tuple], workers: int,
-              address: str | None = None) -> list[Any]:
+              address: str | None = None,
+              on_done: Callable[[int, int], None] | None = None) -> list[Any]:
     """`fn(*args)` for each tuple as Ray tasks, at most `workers` at once; results in order.
 
     Used by the whole-run stages (dedup): each task reads its own shard or bucket files, so
@@ -109,4 +110,6 @@ def map_tasks(fn: Callable[..., Any], arguments: list[tuple], workers: int,
         ready, _ = ray.wait(list(running), num_returns=1)
         for ref in ready:
             results[running.pop(ref)] = ray.get(ref)
+            if on_done is not None:
+                on_done(len(arguments) - len(waiting) - len(running), len(arguments))
     return results

@@ -78,8 +78,11 @@ def _prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool, overwrite: 
 
 def run(config: RunConfig, inputs: list[str], output: str | Path, workers: int = 2,
         address: str | None = None, resume: bool = False, overwrite: bool = False,
-        on_unit: Callable[[dict[str, Any], int, int], None] | None = None) -> RunResult:
-    from refine.dag import map_tasks, process_units
+        on_unit: Callable[[dict[str, Any], int, int], None] | None = None,
+        on_step: Callable[[str, int, int], None] | None = None) -> RunResult:
+    """Stages 1-7 per unit, then the dedup stages; `on_unit(summary, done, total)` after each
+    unit, `on_step(step, done, total)` after each task of a whole-run step."""
+    from refine.dag import process_units
 
     started = time.monotonic()
     if workers < 1:
@@ -116,7 +119,7 @@ def run(config: RunConfig, inputs: list[str], output: str | Path, workers: int =
         else:
             dedup = run_dedup(run_dir, config.dedup, config.output.rejected_text_chars,
                               config.output.compression,
-                              lambda fn, args: map_tasks(fn, args, workers, address))
+                              _step_mapper(workers, address, on_step))
     stats = merge(load_parts(run_dir / PARTS), dict(units_per_input), dedup)
     stats["config_hash"] = config.hash
     wall = time.monotonic() - started
@@ -135,3 +138,17 @@ def _write_manifest(run_dir: Path, manifest: dict[str, Any], units: list[Unit],
         entry["complete"] = entry["units_done"] == len(mine)
     manifest["status"] = status
     write_json_atomic(run_dir / MANIFEST, manifest)
+
+
+def _step_mapper(workers: int, address: str | None,
+                 on_step: Callable[[str, int, int], None] | None) -> Callable[..., list[Any]]:
+    from refine.dag import map_tasks
+
+    def mapper(step: str, fn: Callable[..., Any], arguments: list[tuple]) -> list[Any]:
+        def done(count: int, total: int) -> None:
+            if on_step is not None:
+                on_step(step, count, total)
+
+        return map_tasks(fn, arguments, workers, address, on_done=done)
+
+    return mapper

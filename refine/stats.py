@@ -110,6 +110,7 @@ def merge(parts: list[dict[str, Any]], units_per_input: dict[str, int],
 def _apply_dedup(dedup: dict[str, Any], stages: dict[str, Any], inputs: dict[str, Any]) -> None:
     for name, stage in dedup["stages"].items():
         stages[name] = {**new_stage(), **stage}
+    stages["write"]["in"] = stages["write"]["out"] = dedup["documents_out"]  # written after dedup
     for path, by_reason in dedup["inputs"].items():
         entry = inputs.setdefault(path, _new_input(0))
         for reason, count in by_reason.items():

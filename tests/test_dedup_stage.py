@@ -262,3 +262,19 @@ def test_urls_kept_by_an_earlier_run_are_not_kept_again(dedup_run, corpus, tmp_p
 def test_previous_run_without_url_set_fails_before_work(tmp_path):
     with pytest.raises(ConfigError, match="previous_runs"):
         dedup_config(urls={"previous_runs": [str(tmp_path)]})
+
+
+def test_presets_refinedweb_is_the_default_and_fineweb_differs_in_dedup_only():
+    from refine.config import RunConfig, load_config
+
+    from .conftest import ROOT
+
+    refinedweb = load_config(ROOT / "configs" / "refinedweb.yaml")
+    assert refinedweb.hash == RunConfig(name="refinedweb").hash
+    fineweb = load_config(ROOT / "configs" / "fineweb.yaml")
+    assert (fineweb.dedup.fuzzy.num_bands, fineweb.dedup.fuzzy.rows_per_band) == (14, 8)
+    assert not fineweb.dedup.exact.enabled
+    for preset in (refinedweb.dedup.fuzzy, fineweb.dedup.fuzzy):  # 50% at 0.72 and 0.69
+        assert preset.candidate_probability(0.65) < 0.5 < preset.candidate_probability(0.75)
+    same = fineweb.model_dump(exclude={"name", "dedup"})
+    assert same == refinedweb.model_dump(exclude={"name", "dedup"})

@@ -1,6 +1,7 @@
 """Stages 8-10 over a whole run: reads the filtered shards, writes data/, rejected/, spans/.
 
-Knows nothing of Ray: the caller passes `map_tasks(fn, argument_tuples) -> results in order`,
+Knows nothing of Ray: the caller passes `map_tasks(step, fn, argument_tuples) -> results in
+order`,
 which `refine.dag` runs as Ray tasks (tests may pass a plain loop). Only band keys, ids and
 per-document numbers travel to the driver; texts are read by the tasks from the shards.
 The stats file ``RUN/stats/dedup.json`` is written last and marks the stage as done.
@@ -34,7 +35,7 @@ from refine.dedup.rewrite import Removal, ShardEdits, rewrite_shard
 from refine.dedup.substrings import dedup_partition, partition_ranges
 from refine.dedup.urls import decide, read_url_sets, write_url_set
 
-MapTasks = Callable[[Callable[..., Any], list[tuple]], list[Any]]
+MapTasks = Callable[[str, Callable[..., Any], list[tuple]], list[Any]]  # (step name, fn, args)
 FILTERED, DATA, REJECTED, SPANS = "filtered", "data", "rejected", "spans"
 WORK = "dedup/work"
 DEDUP_STATS = "stats/dedup.json"
@@ -73,7 +74,8 @@ def run_dedup(run_dir: Path, config: DedupConfig, rejected_text_chars: int, comp
     bucket_dir = run_dir / WORK / "bands"
     log.info("dedup: %d documents in %d shards", total, len(shards))
     per_shard: list[ShardDocs] = map_tasks(
-        sign_shard, [(str(p), i, str(bucket_dir), buckets, fuzzy) for i, p in enumerate(shards)])
+        "dedup: signatures", sign_shard,
+        [(str(p), i, str(bucket_dir), buckets, fuzzy) for i, p in enumerate(shards)])
     offsets = np.cumsum([0] + [len(d) for d in per_shard]).astype(np.int64)
     ids = [i for d in per_shard for i in d.ids]
     chars = np.concatenate([d.chars for d in per_shard]) if per_shard else np.empty(0, np.int64)
@@ -86,7 +88,8 @@ def run_dedup(run_dir: Path, config: DedupConfig, rejected_text_chars: int, comp
     if fuzzy is not None:
         stage = stages["fuzzy_dedup"] = _stage(total)
         stage["cpu_s"] = sum(d.cpu_s for d in per_shard)
-        results = map_tasks(bucket_edges, [(str(d),) for d in sorted(bucket_dir.glob("*"))])
+        results = map_tasks("dedup: band buckets", bucket_edges,
+                            [(str(d),) for d in sorted(bucket_dir.glob("*"))])
         edges = np.concatenate([e for e, _ in results]) if results else np.empty((0, 2), "u8")
         stage["cpu_s"] += sum(cpu for _, cpu in results)
         survivors = choose_survivors(edges, offsets, rank)
@@ -111,7 +114,7 @@ def run_dedup(run_dir: Path, config: DedupConfig, rejected_text_chars: int, comp
                            if offsets[i] < hi and offsets[i + 1] > lo]
             tasks.append((overlapping, lo, hi, alive[lo:hi], rank[lo:hi], config.exact))
         spans_cut = 0
-        for part in map_tasks(dedup_partition, tasks):
+        for part in map_tasks("dedup: exact substrings", dedup_partition, tasks):
             stage["cpu_s"] += part.cpu_s
             for doc, source in part.dropped.items():
                 removals[doc] = Removal("exact_dedup", "too_short_after_cut", ids[source])
@@ -151,7 +154,7 @@ def run_dedup(run_dir: Path, config: DedupConfig, rejected_text_chars: int, comp
         edits[shard_of[doc]].removals[doc - int(offsets[shard_of[doc]])] = removal
     for doc, spans in spans_by_doc.items():
         edits[shard_of[doc]].spans[doc - int(offsets[shard_of[doc]])] = spans
-    rewritten = map_tasks(rewrite_shard, [
+    rewritten = map_tasks("dedup: rewrite shards", rewrite_shard, [
         (str(path), str(run_dir), edit, rejected_text_chars, compression)
         for path, edit in zip(shards, edits, strict=True)])
 
