@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import inspect
 import json
 import math
@@ -77,6 +78,102 @@ def test_single_batch_and_text_paths_agree() -> None:
     np.testing.assert_array_equal(hasher.text_signature(texts[3]), batch[3])
     doubled = _shingles(texts[0]) * 2  # repeated shingles do not change a signature
     np.testing.assert_array_equal(hasher.signature(doubled), batch[0])
+
+
+# the vectorised SHA-1 (refine.dedup.hashing) against hashlib
+
+
+def _sha1_reference(shingles: list[bytes]) -> np.ndarray:
+    """datasketch's `sha1_hash32`, one hashlib call per shingle."""
+    return np.array(
+        [int.from_bytes(hashlib.sha1(s).digest()[:4], "little") for s in shingles], np.uint32
+    )
+
+
+def _random_shingles(rng: np.random.Generator, count: int) -> list[bytes]:
+    """Each length 0..200 bytes, then random ones, most under 56 (one SHA-1 block): random
+    bytes (0xFF too) and non-ASCII UTF-8."""
+    lengths = np.r_[np.arange(201), rng.integers(0, 201, count // 5), rng.integers(0, 64, count)]
+    raw = [rng.bytes(int(n)) for n in lengths]
+    alphabet = [0x20, 0x61, 0xE9, 0x3B1, 0x4E2D, 0x1F600]  # 1- to 4-byte UTF-8
+    text = ["".join(map(chr, rng.choice(alphabet, int(n) // 2))).encode() for n in lengths]
+    return raw + text
+
+
+@pytest.fixture
+def small_sha1_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Vectorised SHA-1 from 16 shingles on, in groups and chunks of a few hundred."""
+    monkeypatch.setattr(hashing, "_SHA1_MIN_BATCH", 16)
+    monkeypatch.setattr(hashing, "_SHA1_CHUNK", 300)
+
+
+@pytest.mark.parametrize("small", [False, True], ids=["default", "small-batches"])
+def test_sha1_hash32_equals_hashlib(small: bool, request: pytest.FixtureRequest) -> None:
+    if small:
+        request.getfixturevalue("small_sha1_batches")
+    rng = np.random.default_rng(5)
+    shingles = _random_shingles(rng, 6000)
+    expected = _sha1_reference(shingles)
+    ours = hashing.sha1_hash32(shingles)
+    assert ours.dtype == np.uint32
+    np.testing.assert_array_equal(ours, expected)
+    np.testing.assert_array_equal(hashing.sha1_hash32(iter(shingles)), expected)
+    np.testing.assert_array_equal(hashing.sha1_hash32(shingles[:7]), expected[:7])
+    half = len(shingles) // 2  # UTF-8 only (no 0xFF byte): the separator-scan route
+    np.testing.assert_array_equal(hashing.sha1_hash32(shingles[half:]), expected[half:])
+    lengths = np.array([len(s) for s in shingles])
+    ends = np.cumsum(lengths)
+    spans = hashing.sha1_span_hash32(b"".join(shingles), ends - lengths, ends)
+    np.testing.assert_array_equal(spans, expected)
+
+    utf8 = shingles[half:]
+    sizes = [0, 1, 3, 0, 250, 1, 2000, 40, 0, 4000, 300]  # empty documents too
+    docs = [utf8[i : i + n] for i, n in zip(np.cumsum([0, *sizes[:-1]]), sizes, strict=True)]
+    docs += [[b""], [b"\xff\xfe"], shingles[:500]]  # 0xFF in a shingle: the fallback route
+    for batch in (docs, docs[-1:] * 20):
+        for got, doc in zip(hashing.sha1_hash32_docs(batch), batch, strict=True):
+            np.testing.assert_array_equal(np.unique(got), np.unique(_sha1_reference(doc)))
+
+
+@pytest.mark.parametrize("small", [False, True], ids=["default", "small-batches"])
+def test_text_sha1_hashes_equal_hashlib(small: bool, request: pytest.FixtureRequest) -> None:
+    if small:
+        request.getfixturevalue("small_sha1_batches")
+    texts = _texts(30) + ["Zoë's café, déjà vu " * 1200, "x" * 300 + " y" * 10]
+    normalized = [normalize_text(t) for t in texts]
+    batch = hashing.texts_shingle_sha1_hash32(normalized, 5)
+    for text, got in zip(normalized, batch, strict=True):
+        expected = _sha1_reference([s.encode() for s in word_shingles(text, 5, normalized=True)])
+        np.testing.assert_array_equal(got, expected)  # every shingle, in order
+        one = hashing.text_shingle_sha1_hash32(text, 5)
+        np.testing.assert_array_equal(np.unique(one), np.unique(expected))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [FINEWEB, REFINEDWEB, MinHashConfig(num_bands=14, rows_per_band=8, scheme="affine32")],
+    ids=["fineweb", "refinedweb", "affine32"],
+)
+@pytest.mark.usefixtures("small_sha1_batches")
+def test_vectorised_sha1_signatures_equal_datasketch(config: MinHashConfig) -> None:
+    """Batches hashed in several groups and chunks, short and long shingles, repeats."""
+    from datasketch import MinHash
+
+    kwargs: dict = {"num_perm": config.num_perm, "seed": config.seed}
+    if "scheme" in inspect.signature(MinHash).parameters:  # datasketch >= 2.0
+        kwargs["scheme"] = config.scheme
+    elif config.scheme != "legacy":
+        pytest.skip("datasketch < 2.0 has only the legacy scheme")
+    texts = _texts(8 if config is REFINEDWEB else 30)
+    texts[1] += " " + texts[1]  # repeated shingles
+    docs = [_shingles(t, config.ngram) for t in texts]
+    hasher = MinHasher(config)
+    ours = hasher.signatures(docs)
+    for sig, ref in zip(ours, MinHash.bulk(docs, **kwargs), strict=True):
+        np.testing.assert_array_equal(sig, ref.hashvalues)
+    np.testing.assert_array_equal(hasher.text_signatures(texts), ours)
+    for hashes, text in zip(hasher.texts_hashes(texts), texts, strict=True):
+        np.testing.assert_array_equal(np.unique(hashes), np.unique(hasher.text_hashes(text)))
 
 
 def test_poly64_hashes_shingle_bytes() -> None:

@@ -86,7 +86,7 @@ def sign_shard(path: str, shard_index: int, bucket_dir: str, num_buckets: int,
     pending: list[np.ndarray] = []
     pending_keys, part = 0, 0
     for first in range(0, len(texts), BATCH_DOCS):
-        hashes = [hasher.text_hashes(t) for t in texts[first : first + BATCH_DOCS]]
+        hashes = hasher.texts_hashes(texts[first : first + BATCH_DOCS])
         rows = np.array([first + i for i, h in enumerate(hashes) if len(h)], dtype=np.uint64)
         if not len(rows):
             continue
