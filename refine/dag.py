@@ -52,7 +52,9 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING,
+        # "local": always a new Ray of our own, even if `ray start` left a cluster on this machine
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                 logging_level=logging.WARNING,
                  configure_logging=True)
 
 
