@@ -1,0 +1,134 @@
+"""A Ray cluster of three processes on this machine (a head and two worker nodes, started with
+`ray start`), `refine run --address` against it, and faults injected while it runs."""
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from .conftest import DATA, ROOT
+
+pytestmark = pytest.mark.slow
+RAY = str(Path(sys.executable).parent / "ray")
+WARCS = sorted(str(p) for p in (DATA / "warc").glob("*.gz"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalCluster:
+    """Head (no CPUs: it only schedules) and worker nodes with one CPU each; every node is its
+    own session of processes, so one can be killed whole, as a machine would die."""
+
+    def __init__(self, tmp: Path, workers: int = 2):
+        self.env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))
+        self.address = f"127.0.0.1:{free_port()}"
+        self.sessions: list[int] = []
+        self._start("--head", "--port", self.address.split(":")[1], "--num-cpus", "0",
+                    "--include-dashboard", "false", "--temp-dir", str(tmp))
+        for _ in range(workers):
+            self._start("--address", self.address, "--num-cpus", "1")
+
+    def _start(self, *args: str) -> None:
+        proc = subprocess.Popen([RAY, "start", *args, "--node-ip-address", "127.0.0.1",
+                                 "--disable-usage-stats"], env=self.env, start_new_session=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        output, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, output
+        self.sessions.append(proc.pid)
+
+    def processes(self, session: int) -> list[psutil.Process]:
+        found = []
+        for proc in psutil.process_iter():
+            try:
+                if os.getsid(proc.pid) == session:
+                    found.append(proc)
+            except (ProcessLookupError, psutil.Error):
+                continue
+        return found
+
+    def kill_node(self, index: int) -> None:
+        for proc in self.processes(self.sessions[index]):
+            proc.kill()
+
+    def workers_running(self, name: str) -> list[psutil.Process]:
+        procs = [p for s in self.sessions for p in self.processes(s)]
+        return [p for p in procs if name in " ".join(p.cmdline())]
+
+    def stop(self) -> None:
+        for index in reversed(range(len(self.sessions))):
+            self.kill_node(index)
+
+
+@pytest.fixture
+def cluster():
+    temp = Path(tempfile.mkdtemp(prefix="rc-"))  # short: Ray's socket paths must fit 107 bytes
+    started = LocalCluster(temp)
+    yield started
+    started.stop()
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def refine_cli(cluster: LocalCluster, output: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "refine.cli", "run", str(ROOT / "configs" / "demo.yaml"),
+         "--input", *WARCS, "--output", str(output), "--address", cluster.address, "--quiet"],
+        env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def files(run_dir: Path) -> dict[str, bytes]:
+    return {f"{sub}/{p.name}": p.read_bytes()
+            for sub in ("data", "rejected", "spans") for p in (run_dir / sub).glob("*.parquet")}
+
+
+def assert_same_output(run_dir: Path, reference: Path) -> None:
+    mine, theirs = files(run_dir), files(reference)
+    assert sorted(mine) == sorted(theirs)
+    assert [name for name in mine if mine[name] != theirs[name]] == []
+
+
+def test_run_on_a_multi_node_cluster_equals_a_local_run(cluster, refine_run, tmp_path):
+    proc = refine_cli(cluster, tmp_path / "run")
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output
+    assert "accounting OK" in output
+    assert_same_output(tmp_path / "run", refine_run)
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_killing_a_worker_process_and_then_a_node_changes_nothing(cluster, refine_run, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = refine_cli(cluster, run_dir)
+    units = run_dir / "stats" / "units"
+
+    def units_done() -> int:
+        return len(list(units.glob("*.json"))) if units.exists() else 0
+
+    wait_for(lambda: cluster.workers_running("MapWorker"), 120, "the worker actors")
+    victim = cluster.workers_running("MapWorker")[0]
+    assert proc.poll() is None and units_done() < 8
+    victim.send_signal(signal.SIGKILL)  # a worker process dies mid-unit
+    wait_for(lambda: units_done() >= 2 or proc.poll() is not None, 300, "two units")
+    assert proc.poll() is None and units_done() < 8, "the run ended before the node was killed"
+    cluster.kill_node(2)  # then a whole worker node
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output
+    assert_same_output(run_dir, refine_run)
