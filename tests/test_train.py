@@ -247,3 +247,38 @@ def test_two_rank_checkpoint_resumes_on_one_rank_through_a_universal_checkpoint(
     assert resumed[13] == pytest.approx(straight[13], abs=1e-6)
     for step in range(14, STEPS + 1):
         assert resumed[step] == pytest.approx(straight[step], abs=1e-3), step
+
+
+@pytest.mark.slow
+def test_a_killed_rank_is_relaunched_from_the_last_complete_checkpoint(runs, tokens_dir,
+                                                                      tmp_path):
+    """SIGKILL one of the two ranks after the step-12 checkpoint: the launcher fails the job;
+    the same command again resumes from step 12 and the later losses equal a straight run's."""
+    import signal
+    import time
+
+    import psutil
+
+    stage, out = 1, tmp_path / "ckpt"
+    env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    # many more steps than the straight run, so that the kill surely lands mid-run
+    command = [str(DEEPSPEED), "--num_gpus", str(RANKS), "--master_port", str(free_port()),
+               "pretrain/train.py", "--config", str(TINY), "--deepspeed_config", str(ZERO[stage]),
+               "--data", str(tokens_dir), "--output", str(out), *FLAGS, "--steps", "400"]
+    launcher = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not ((out / "latest").exists() and (out / "latest").read_text() == "global_step12"):
+        assert launcher.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    ranks = [p for p in psutil.Process(launcher.pid).children(recursive=True)
+             if "--local_rank" in " ".join(p.cmdline())]  # not deepspeed.launcher.launch
+    assert len(ranks) == RANKS
+    max(ranks, key=lambda p: p.pid).send_signal(signal.SIGKILL)
+    assert launcher.wait(timeout=120) != 0
+    assert (out / "latest").read_text() == "global_step12"
+    log = launch(tokens_dir, out, stage)
+    assert f"resumed from {out / 'global_step12'} at step 12" in log
+    straight, resumed = metrics(runs[stage]), metrics(out)
+    for step in range(13, STEPS + 1):
+        assert abs(resumed[step] - straight[step]) <= 1e-6, step
