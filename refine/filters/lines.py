@@ -15,7 +15,7 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from refine.document import Document
+from refine.document import Document, Threshold
 
 RULES = ("uppercase", "numeric", "counter", "single_word", "boilerplate")
 
@@ -112,6 +112,13 @@ class LineCorrectionConfig(BaseModel):
         if any(" " in w for w in out):
             raise ValueError("counter words must be single words")
         return out
+
+
+# For the report's what-if: the one document-level check.
+THRESHOLDS = (
+    Threshold("line_corrections.removed_word_frac", "max_removed_word_frac", "max",
+              "too_many_words_removed"),
+)
 
 
 class LineCorrectionFilter:
@@ -211,6 +218,25 @@ class LineCorrectionFilter:
         if not removed and not counts["edited"]:
             return text, 0, counts
         return _BLANK_RUNS.sub("\n\n", "\n".join(out)).strip("\n"), removed, counts
+
+    def line_flags(self, text: str) -> list[tuple[int, int, str]]:
+        """(start, end, rule) character spans of the lines `correct_lines` drops or edits
+        ("edited": a boilerplate phrase was stripped), for the report's highlights."""
+        flags: list[tuple[int, int, str]] = []
+        start = 0
+        for line in text.split("\n"):
+            end = start + len(line)
+            n = len(line.split())
+            rule = self._drop_rule(line, n) if n else None
+            if n and rule is None and n <= self._short:
+                rest = self._strip_boilerplate(line)
+                if rest is not None:
+                    n_rest = len(rest.split())
+                    rule = (self._drop_rule(rest, n_rest) or "edited") if n_rest else "boilerplate"
+            if rule is not None:
+                flags.append((start, end, rule))
+            start = end + 1
+        return flags
 
     def apply(self, doc: Document) -> str | None:
         if not self.config.enabled:

@@ -13,7 +13,7 @@ from itertools import repeat
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from refine.document import Document
+from refine.document import Document, Threshold
 
 BULLETS = ("•", "-", "*", "‣", "⁃", "◦", "▪", "●", "·")
 ELLIPSES = ("...", "…")
@@ -58,6 +58,21 @@ class QualityConfig(BaseModel):
         if self.min_stop_words > 0 and not self.stop_words:
             raise ValueError("min_stop_words > 0 needs a non-empty stop_words list")
         return self
+
+
+_Q = "gopher_quality."
+# The checks of `QualityFilter.apply` as data, for the report's what-if (same order).
+THRESHOLDS = (
+    Threshold(_Q + "n_words", "min_words", "min", "too_few_words", integer=True),
+    Threshold(_Q + "n_words", "max_words", "max", "too_many_words", integer=True),
+    Threshold(_Q + "mean_word_len", "min_mean_word_len", "min", "mean_word_len"),
+    Threshold(_Q + "mean_word_len", "max_mean_word_len", "max", "mean_word_len"),
+    Threshold(_Q + "symbol_word_ratio", "max_symbol_word_ratio", "max", "symbol_word_ratio"),
+    Threshold(_Q + "bullet_line_frac", "max_bullet_line_frac", "max", "bullet_line_frac"),
+    Threshold(_Q + "ellipsis_line_frac", "max_ellipsis_line_frac", "max", "ellipsis_line_frac"),
+    Threshold(_Q + "alpha_word_frac", "min_alpha_word_frac", "min", "alpha_word_frac"),
+    Threshold(_Q + "stop_words", "min_stop_words", "min", "stop_words", integer=True),
+)
 
 
 class QualityFilter:

@@ -23,7 +23,7 @@ from itertools import accumulate, compress, count
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from refine.document import Document
+from refine.document import Document, Threshold
 
 _PARAGRAPH_SPLIT = re.compile(r"\n[^\S\n]*\n\s*")
 _RUNS = re.compile(rb"\x01+").finditer
@@ -64,6 +64,9 @@ CHECKS: tuple[str, ...] = (
     *(f"top_{n}gram_char_frac" for n in TOP_NGRAM_SIZES),
     *(f"dup_{n}gram_char_frac" for n in DUP_NGRAM_SIZES),
 )
+
+# For the report's what-if: every check fails when its fraction is over the threshold.
+THRESHOLDS = tuple(Threshold(f"gopher_repetition.{c}", c, "max", c) for c in CHECKS)
 
 
 def _dup_fracs(items: list[str]) -> tuple[float, float]:
@@ -189,4 +192,4 @@ class RepetitionFilter:
         return None
 
 
-__all__ = ["CHECKS", "RepetitionConfig", "RepetitionFilter", "repetition_metrics"]
+__all__ = ["CHECKS", "THRESHOLDS", "RepetitionConfig", "RepetitionFilter", "repetition_metrics"]
