@@ -121,13 +121,18 @@ def _known(name: str | None) -> str | None:
 def decode_html(body: bytes, content_type_header: str) -> str:
     """Bytes to text: declared charset (HTTP, then <meta>), UTF-8, then detection.
 
+    Non-ASCII bytes that are valid UTF-8 are read as UTF-8 whatever the declaration says (text
+    in a legacy 8-bit or CJK charset is practically never valid UTF-8, while UTF-8 pages
+    declared as ISO-8859-1 or windows-1252 are common), unless UTF-16/32 is declared.
     Raises PayloadError("undecodable") when no charset decodes the bytes cleanly.
     """
     header = _HEADER_CHARSET.search(content_type_header)
     meta = _META_CHARSET.search(body[:4096])
     candidates = [_known(header.group(1)) if header else None,
                   _known(meta.group(1)) if meta else None]
-    for encoding in [*candidates, "utf-8"]:
+    wide = any(c and c.startswith(("utf-16", "utf-32")) for c in candidates)
+    first = [] if wide or body.isascii() else ["utf-8"]
+    for encoding in [*first, *candidates, "utf-8"]:
         if encoding:
             try:
                 return _checked(body, body.decode(encoding), encoding)
