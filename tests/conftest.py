@@ -1,3 +1,5 @@
+import gzip
+import json
 import os
 from pathlib import Path
 
@@ -8,6 +10,21 @@ from .pretrain_data import VAL_FRACTION, VOCAB_SIZE
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).parent / "data"
 SHARED = ROOT.parent / "shared" / "data"
+
+
+def cc_documents(count: int, min_words: int) -> list[dict]:
+    """The first `count` documents of the Common Crawl text sample with `min_words` words or
+    more, as {id, url, text} (the URL from Dolma's metadata)."""
+    docs = []
+    with gzip.open(DATA / "text" / "cc-main-2019-30-text-sample.jsonl.gz", "rt") as stream:
+        for line in stream:
+            row = json.loads(line)
+            if len(row["text"].split()) >= min_words:
+                docs.append({"id": row["id"], "url": row["metadata"]["warc_url"],
+                             "text": row["text"]})
+            if len(docs) == count:
+                break
+    return docs
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,6 +1,5 @@
 """Stages 8-10 on a real local Ray: fuzzy, exact-substring and URL dedup over a whole run."""
 
-import gzip
 import json
 import random
 from collections import Counter
@@ -19,7 +18,7 @@ from refine.dedup.synthetic import inject_duplicates
 from refine.dedup.urls import decide
 from refine.run import run
 
-from .conftest import DATA
+from .conftest import cc_documents
 
 FILTERS_OFF = {name: {"enabled": False}
                for name in ("url", "language", "repetition", "quality", "lines")}
@@ -78,16 +77,7 @@ def test_url_decision_keeps_best_ranked_and_rejects_earlier_runs():
 
 
 def originals(count: int) -> list[dict]:
-    docs = []
-    with gzip.open(DATA / "text" / "cc-main-2019-30-text-sample.jsonl.gz", "rt") as stream:
-        for line in stream:
-            row = json.loads(line)
-            if len(row["text"].split()) >= 150:
-                docs.append({"id": row["id"], "url": row["metadata"]["warc_url"],
-                             "text": row["text"]})
-            if len(docs) == count:
-                break
-    return docs
+    return cc_documents(count, min_words=150)
 
 
 @pytest.fixture(scope="module")

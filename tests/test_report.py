@@ -1,6 +1,5 @@
 """`refine report`: the numbers it computes, and the page in a real headless Chromium."""
 
-import gzip
 import json
 import shutil
 from pathlib import Path
@@ -23,7 +22,7 @@ from refine.report.whatif import bin_edges, histogram, kept_at
 from refine.run import run
 from refine.shards import METRICS
 
-from .conftest import DATA, ROOT
+from .conftest import DATA, ROOT, cc_documents
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -107,16 +106,7 @@ def test_line_flags_are_the_lines_correct_lines_removes():
 # -- a crafted run: markup in documents, duplicates, two inputs -------------------------------
 
 def _corpus_docs(count: int) -> list[dict]:
-    docs = []
-    with gzip.open(DATA / "text" / "cc-main-2019-30-text-sample.jsonl.gz", "rt") as stream:
-        for line in stream:
-            row = json.loads(line)
-            if len(row["text"].split()) >= 120:
-                docs.append({"id": row["id"], "url": row["metadata"]["warc_url"],
-                             "text": row["text"]})
-            if len(docs) == count:
-                return docs
-    return docs
+    return cc_documents(count, min_words=120)
 
 
 def _crafted_config():
