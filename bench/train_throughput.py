@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     model = CausalLM(model_config).to(device)
     num_params, flops = model.num_params(), model.flops_per_token(training.seq_len)
     optimizer = torch.optim.AdamW(param_groups(model, training.weight_decay), lr=training.lr,
+                                  fused=True,  # as pretrain.train configures DeepSpeed's
                                   betas=training.betas, eps=1e-8)
     steps["torch"] = plain_step(model.train(), optimizer, training.grad_clip, bf16)
     for stage in stages:

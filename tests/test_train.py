@@ -41,13 +41,16 @@ def free_port() -> int:
 def launch(tokens: Path, out: Path, stage: int, *flags: str) -> str:
     """`DS_ACCELERATOR=cpu deepspeed --num_gpus 2 pretrain/train.py ...`; its output."""
     env = os.environ | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    command = [str(DEEPSPEED), "--num_gpus", str(RANKS), "--master_port", str(free_port()),
+    port = free_port()
+    command = [str(DEEPSPEED), "--num_gpus", str(RANKS), "--master_port", str(port),
                "pretrain/train.py", "--config", str(TINY), "--deepspeed_config", str(ZERO[stage]),
                "--data", str(tokens), "--output", str(out), *FLAGS, *flags]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-5000:]
+    # DeepSpeed's CPU all-reduce buffers are released, not left in /dev/shm
+    assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
     return output
 
 
