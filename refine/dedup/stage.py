@@ -39,6 +39,7 @@ MapTasks = Callable[[str, Callable[..., Any], list[tuple]], list[Any]]  # (step 
 FILTERED, DATA, REJECTED, SPANS = "filtered", "data", "rejected", "spans"
 WORK = "dedup/work"
 DEDUP_STATS = "stats/dedup.json"
+MIN_BUCKETS = 8
 log = logging.getLogger(__name__)
 
 
@@ -70,7 +71,8 @@ def run_dedup(run_dir: Path, config: DedupConfig, rejected_text_chars: int, comp
     buckets = 1
     if fuzzy is not None:
         key_bytes = total * fuzzy.num_bands * KEY_DTYPE.itemsize
-        buckets = max(1, math.ceil(key_bytes / fuzzy.bucket_bytes))
+        # at least MIN_BUCKETS, so that every worker shares the grouping even on small runs
+        buckets = max(MIN_BUCKETS, math.ceil(key_bytes / fuzzy.bucket_bytes))
     bucket_dir = run_dir / WORK / "bands"
     log.info("dedup: %d documents in %d shards", total, len(shards))
     per_shard: list[ShardDocs] = map_tasks(
