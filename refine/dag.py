@@ -41,6 +41,16 @@ def _rows(batch: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield dict(zip(keys, values, strict=True))
 
 
+def _loopback_only() -> None:
+    """Make the Ray we start listen on 127.0.0.1 only: its node IP is the loopback address
+    (as Ray does on macOS and Windows), so the GCS, raylets and workers bind to it. Set before
+    the daemons start; they and the workers inherit the variable."""
+    import ray._private.ray_constants as ray_constants
+
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read at init time; ray may be imported already
+
+
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     import ray
 
@@ -52,6 +62,7 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
     else:
+        _loopback_only()
         # "local": always a new Ray of our own, even if `ray start` left a cluster on this machine
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
                  logging_level=logging.WARNING,

@@ -30,6 +30,7 @@ class LocalCluster:
 
     def __init__(self, temp: Path, workers: int = 2, cpus_per_node: int = 1):
         self.env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))
+        self.env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # set by a local Ray (refine.dag)
         self.address = f"127.0.0.1:{free_port()}"
         self.sessions: list[int] = []
         self._start("--head", "--port", self.address.split(":")[1], "--num-cpus", "0",

@@ -197,3 +197,17 @@ def test_text_inputs_skip_extraction_and_are_accounted_for(local_ray, tmp_path):
     kept = rows(result.run_dir, "data")
     assert len(kept) == stats["documents"]["kept"]
     assert {r["language"] for r in kept} == {"en"}
+
+
+def test_the_local_ray_listens_on_loopback_only_with_token_auth(local_ray):
+    import psutil
+
+    node = local_ray.nodes()[0]
+    assert node["NodeManagerAddress"] == "127.0.0.1"
+    session = Path(local_ray._private.worker.global_worker.node.get_session_dir_path()).name
+    ours = [p for p in psutil.process_iter() if session in " ".join(p.cmdline())]
+    assert any("gcs_server" in p.name() for p in ours)
+    listening = [c.laddr.ip for p in ours for c in p.net_connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN]
+    assert listening and all(ip in ("127.0.0.1", "::ffff:127.0.0.1") for ip in listening)
+    assert os.environ.get("RAY_AUTH_MODE", "token") != "disabled"
