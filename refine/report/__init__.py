@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from refine.atomic_file import atomic_write
+from refine.report.ablation import find_ablation, load_ablation
 from refine.report.collect import ReportError, collect
 from refine.report.render import render
 
@@ -17,10 +18,18 @@ __all__ = ["DEFAULT_SAMPLES", "ReportError", "build_report", "collect", "render"
 
 
 def build_report(run_dir: str | Path, output: str | Path | None = None,
-                 samples: int = DEFAULT_SAMPLES, seed: int = 0) -> Path:
+                 samples: int = DEFAULT_SAMPLES, seed: int = 0,
+                 ablation: str | Path | None = None) -> Path:
+    """RUN/report.html; with a data-quality ablation section when `ablation` (a `refine
+    ablate` DIR or its ablation.json) is given or DIR/ablation.json lies in RUN or its parent."""
     run = Path(run_dir)
     started = time.monotonic()
-    page = render(collect(run, samples=samples, seed=seed)).encode()
+    data = collect(run, samples=samples, seed=seed)
+    found = find_ablation(run, Path(ablation) if ablation is not None else None)
+    if ablation is not None and found is None:
+        raise ReportError(f"no ablation.json in {ablation}")
+    data["ablation"] = load_ablation(found) if found is not None else None
+    page = render(data).encode()
     dest = Path(output) if output is not None else run / "report.html"
     dest.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(dest) as handle:

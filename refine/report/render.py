@@ -13,6 +13,7 @@ from html import escape
 from importlib.resources import files
 from typing import Any
 
+from refine.report.ablation import html_section
 from refine.report.whatif import STAGE_THRESHOLDS
 
 HIST_WIDTH, HIST_HEIGHT = 720, 120
@@ -384,6 +385,9 @@ def render(data: dict[str, Any]) -> str:
         ("config", "Config", _config(manifest)),
         ("notes", "How the numbers are computed", NOTES),
     ]
+    if data.get("ablation"):
+        sections.insert(1, ("ablation", "Data-quality ablation: bits per byte of small models "
+                            "trained on each variant", html_section(data["ablation"])))
     body = "".join(f'<section id="{sid}"><h2>{_e(title)}</h2>{html}</section>'
                    for sid, title, html in sections)
     docs = stats["documents"]
