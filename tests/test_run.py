@@ -205,9 +205,21 @@ def test_the_local_ray_listens_on_loopback_only_with_token_auth(local_ray):
     node = local_ray.nodes()[0]
     assert node["NodeManagerAddress"] == "127.0.0.1"
     session = Path(local_ray._private.worker.global_worker.node.get_session_dir_path()).name
-    ours = [p for p in psutil.process_iter() if session in " ".join(p.cmdline())]
+    def of_this_session(proc: psutil.Process) -> bool:
+        try:
+            return session in " ".join(proc.cmdline())
+        except psutil.Error:  # ended, or a zombie, while we looked
+            return False
+
+    def listening(proc: psutil.Process) -> list[str]:
+        try:
+            connections = proc.net_connections(kind="inet")
+        except psutil.Error:
+            return []
+        return [c.laddr.ip for c in connections if c.status == psutil.CONN_LISTEN]
+
+    ours = [p for p in psutil.process_iter() if of_this_session(p)]
     assert any("gcs_server" in p.name() for p in ours)
-    listening = [c.laddr.ip for p in ours for c in p.net_connections(kind="inet")
-                 if c.status == psutil.CONN_LISTEN]
-    assert listening and all(ip in ("127.0.0.1", "::ffff:127.0.0.1") for ip in listening)
+    addresses = [ip for p in ours for ip in listening(p)]
+    assert addresses and all(ip in ("127.0.0.1", "::ffff:127.0.0.1") for ip in addresses)
     assert os.environ.get("RAY_AUTH_MODE", "token") != "disabled"
