@@ -66,8 +66,15 @@ class LocalCluster:
     def workers_running(self, name: str) -> list[psutil.Process]:
         """Processes of any node whose command line holds `name` (e.g. an actor's class)."""
         procs = [p for s in self.sessions for p in self.processes(s)]
-        return [p for p in procs if name in " ".join(p.cmdline())]
+        return [p for p in procs if name in _command_line(p)]
 
     def stop(self) -> None:
         for index in reversed(range(len(self.sessions))):
             self.kill_node(index)
+
+
+def _command_line(proc: psutil.Process) -> str:
+    try:
+        return " ".join(proc.cmdline())
+    except psutil.Error:  # ended, or a zombie, since it was listed
+        return ""

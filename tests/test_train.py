@@ -274,8 +274,14 @@ def test_a_killed_rank_is_relaunched_from_the_last_complete_checkpoint(runs, tok
     while not ((out / "latest").exists() and (out / "latest").read_text() == "global_step12"):
         assert launcher.poll() is None and time.monotonic() < deadline
         time.sleep(0.1)
+    def command_line(proc: psutil.Process) -> str:
+        try:
+            return " ".join(proc.cmdline())
+        except psutil.Error:
+            return ""
+
     ranks = [p for p in psutil.Process(launcher.pid).children(recursive=True)
-             if "--local_rank" in " ".join(p.cmdline())]  # not deepspeed.launcher.launch
+             if "--local_rank" in command_line(p)]  # not deepspeed.launcher.launch
     assert len(ranks) == RANKS
     max(ranks, key=lambda p: p.pid).send_signal(signal.SIGKILL)
     assert launcher.wait(timeout=120) != 0
