@@ -126,7 +126,7 @@ def test_injected_duplicates_are_removed_with_their_reason(dedup_run, corpus):
     # every exact copy and near-duplicate cluster keeps exactly one member
     for copy, original in {**injected.near, **injected.exact}.items():
         members = [copy, original]
-        assert sum(m in kept for m in members) <= 1 or cluster_of(copy, injected) != original
+        assert not (copy in kept and original in kept)
         gone = [m for m in members if m in fuzzy]
         assert gone, f"{copy} ~ {original}: neither removed"
         for m in gone:

@@ -39,7 +39,8 @@ def train_variant(tokens_dir: Path, model_config: ModelConfig, training: Trainin
     seed_everything(seed)
     model = CausalLM(model_config).train()
     optimizer = torch.optim.AdamW(param_groups(model, training.weight_decay), lr=training.lr,
-                                  betas=training.betas, eps=1e-8)
+                                  betas=training.betas, eps=1e-8,
+                                  fused=True)  # as pretrain.train configures DeepSpeed's
     samples = training.max_steps * training.micro_batch_size * training.grad_accum
     probe = TokenDataset(tokens_dir, training.seq_len, "train", seed)
     epochs = -(-samples // probe.samples_per_epoch)
