@@ -76,6 +76,13 @@ def _prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool, overwrite: 
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
 
 
+def largest_first(units: list[Unit], file_sizes: dict[str, int]) -> list[Unit]:
+    """Units by compressed bytes, largest first (ties in input order): the last units to
+    finish are then small ones, so no worker idles long at the end. Output does not depend
+    on the order."""
+    return sorted(units, key=lambda u: -((u.end or file_sizes[u.path]) - u.start))
+
+
 def run(config: RunConfig, inputs: list[str], output: str | Path, workers: int = 2,
         address: str | None = None, resume: bool = False, overwrite: bool = False,
         on_unit: Callable[[dict[str, Any], int, int], None] | None = None,
@@ -99,7 +106,7 @@ def run(config: RunConfig, inputs: list[str], output: str | Path, workers: int =
         "versions": _versions(),
         "command": sys.argv,
     }
-    pending = [u for u in units if not unit_done(run_dir, u)]
+    pending = largest_first([u for u in units if not unit_done(run_dir, u)], dict(files))
     if pending and config.url.enabled:
         URLFilter(config.url).load()  # builds the blocklist cache once, before the workers map it
     _write_manifest(run_dir, manifest, units, "running")

@@ -81,6 +81,10 @@ def test_clean_text():
     raw = "  first line   \n\n\n\n\nsecond http://x.y/z line\t\n\n\nwww.a.b\n\nthird  \n\n"
     assert clean_text(raw) == "first line\n\nsecond line\n\nthird"
     assert clean_text("keep a.www.b and www. alone, end.") == "keep a.www.b and www. alone, end."
+    # inside words, hosts and e-mail addresses nothing is a URL; at a word start it is
+    kept = "mail a@www.b.c or xwww.y.z or _www.q.r or ahttp://x.y or -www.s.t"
+    assert clean_text(kept) == kept
+    assert clean_text("(www.a.b) [HTTP://A.B/c?d=1], é www.c.d; WWW.E.F") == "() [], é ;"
 
 
 @pytest.mark.parametrize(

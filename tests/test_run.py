@@ -14,7 +14,8 @@ import pytest
 from warcio.archiveiterator import ArchiveIterator
 
 from refine.config import load_config
-from refine.run import RunError, run
+from refine.readers import Unit, plan_units
+from refine.run import RunError, largest_first, run
 
 from .conftest import DATA, ROOT, SHARED
 
@@ -222,3 +223,13 @@ def test_the_local_ray_listens_on_loopback_only(local_ray):
     assert any("gcs_server" in p.name() for p in ours)
     addresses = [ip for p in ours for ip in listening(p)]
     assert addresses and all(ip in ("127.0.0.1", "::ffff:127.0.0.1") for ip in addresses)
+
+
+def test_units_scheduled_largest_first():
+    sizes = {"a.warc.gz": 30, "b.warc.gz": 70, "c.jsonl": 50, "d.warc.gz": 50}
+    units = plan_units(sorted(sizes.items()), chunk_bytes=40)  # b: 40 + 30, d: 40 + 10
+    order = [(u.path, u.index) for u in largest_first(units, sizes)]
+    assert order == [("c.jsonl", 0), ("b.warc.gz", 0), ("d.warc.gz", 0), ("a.warc.gz", 0),
+                     ("b.warc.gz", 1), ("d.warc.gz", 1)]
+    assert largest_first([], sizes) == []
+    assert isinstance(largest_first(units, sizes)[0], Unit)
