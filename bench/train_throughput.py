@@ -12,6 +12,10 @@ CPU). The implementations take turns, one step each, for --steps rounds, so that
 the machine falls on all of them alike; tokens/s is tokens per step / the median step time (the
 mean is reported too).
 
+With --compile (the default where the YAML sets `training.compile`, as the 125m/350m/1b
+configs do) every compared model has its decoder layers compiled (pretrain.model.compile_layers);
+compilation happens in the untimed warmup steps.
+
 Batches: synthetic by default (seeded uniform token ids over the vocabulary, --vocab-size), or
 real windows of a TOKENS directory (--data, `python -m pretrain.tokenize`). MFU =
 flops_per_token * tokens/s / peak FLOP/s, with pretrain.train's peak table (GPUs) or
@@ -45,7 +49,7 @@ import numpy as np
 import torch
 
 from pretrain.config import PretrainConfig, load_config, parse
-from pretrain.model import CausalLM
+from pretrain.model import CausalLM, compile_layers
 from pretrain.train import (
     build_engine,
     deepspeed_config,
@@ -80,6 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="vocabulary of the synthetic batches and the model (without --data)")
     parser.add_argument("--data", type=Path, default=None,
                         help="TOKENS directory: real token windows (vocab from its manifest)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile each decoder layer, in every compared model "
+                             "(default: the YAML's training.compile)")
     parser.add_argument("--peak-flops", type=float, default=None,
                         help="peak FLOP/s of the device for MFU (default: pretrain.train's table)")
     return parser.parse_args(argv)
@@ -88,8 +95,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def resolve(args: argparse.Namespace) -> PretrainConfig:
     config = load_config(args.config)
     overrides = {"micro_batch_size": args.micro_batch_size, "seq_len": args.seq_len,
-                 "grad_accum": args.grad_accum}
-    training = config.training.model_dump() | {k: v for k, v in overrides.items() if v}
+                 "grad_accum": args.grad_accum, "compile": args.compile}
+    training = config.training.model_dump() | {k: v for k, v in overrides.items()
+                                               if v is not None}
     return parse(PretrainConfig, {"model": config.model.model_dump(), "training": training})
 
 
@@ -168,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     seed_everything(training.seed)
     model = CausalLM(model_config).to(device)
     num_params, flops = model.num_params(), model.flops_per_token(training.seq_len)
+    if training.compile:
+        compile_layers(model)
     optimizer = torch.optim.AdamW(param_groups(model, training.weight_decay), lr=training.lr,
                                   fused=True,  # as pretrain.train configures DeepSpeed's
                                   betas=training.betas, eps=1e-8)
@@ -175,8 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     for stage in stages:
         seed_everything(training.seed)
         ds = deepspeed_config(DS_CONFIGS / f"zero{stage}.json", training, world_size, bf16)
+        model = CausalLM(model_config)
+        if training.compile:
+            compile_layers(model)
         with contextlib.redirect_stdout(sys.stderr):
-            engine = build_engine(CausalLM(model_config), ds, training.weight_decay)
+            engine = build_engine(model, ds, training.weight_decay)
         engine.train()
         steps[f"zero{stage}"] = engine_step(engine)
 
@@ -202,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             "bench": "train_throughput", "impl": "torch" if name == "torch" else "deepspeed",
             "zero": None if name == "torch" else int(name[4:]), "config": args.config.stem,
             "params": num_params, "device": str(device), "dtype": "bf16" if bf16 else "fp32",
+            "compile": training.compile,
             "threads": torch.get_num_threads(), "ranks": world_size,
             "data": "real" if args.data else "synthetic", "micro_batch_size": micro,
             "grad_accum": accum, "seq_len": training.seq_len, "tokens_per_step": tokens_per_step,

@@ -47,6 +47,8 @@ class TrainingConfig(BaseModel):
     checkpoint_every: int = Field(ge=1)
     log_every: int = Field(10, ge=1)
     seed: int = 0
+    # torch.compile each decoder layer (pretrain.model.compile_layers); ZeRO 0-2 only
+    compile: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> TrainingConfig:

@@ -188,6 +188,17 @@ def next_token_loss(logits: Tensor, targets: Tensor) -> Tensor:
                            ignore_index=IGNORE_INDEX)
 
 
+def compile_layers(model: CausalLM) -> None:
+    """torch.compile every decoder layer in place, as torchtitan does: parameter names and
+    checkpoints stay the same, identical layers share one compiled graph (one compile, not
+    num_hidden_layers), and inductor fuses each layer's norms, RoPE and SwiGLU elementwise
+    work around the matmuls and attention. The loss is compiled too, so the fp32 upcast of
+    the logits is fused into the cross-entropy instead of materialised."""
+    for layer in model.model.layers:
+        layer.compile()
+    model.loss_fn = torch.compile(next_token_loss)
+
+
 class CausalLM(nn.Module):
     """LlamaForCausalLM: `model` (the decoder) and `lm_head` (tied to the embeddings or not)."""
 
@@ -200,6 +211,7 @@ class CausalLM(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
         if self.lm_head.weight.device.type != "meta":  # meta: shapes only, nothing to fill
             self.init_weights()
+        self.loss_fn = next_token_loss  # compile_layers swaps in a compiled one
 
     def init_weights(self) -> None:
         """normal(0, initializer_range) for every matrix, ones for norms; o_proj and down_proj
@@ -219,7 +231,7 @@ class CausalLM(nn.Module):
         logits = self.lm_head(self.model(input_ids))
         loss = None
         if labels is not None:
-            loss = next_token_loss(logits[:, :-1], labels[:, 1:])
+            loss = self.loss_fn(logits[:, :-1], labels[:, 1:])
         return CausalLMOutput(logits, loss)
 
     def num_params(self, exclude_embeddings: bool = False) -> int:

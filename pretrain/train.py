@@ -56,7 +56,7 @@ from pretrain.config import ConfigError, PretrainConfig, TrainingConfig, load_co
 from pretrain.dataset import TokenDataset
 from pretrain.files import write_json
 from pretrain.host_memory import keep_freed_memory
-from pretrain.model import CausalLM, ModelConfig
+from pretrain.model import CausalLM, ModelConfig, compile_layers
 from pretrain.tokenize import MANIFEST
 
 log = logging.getLogger("pretrain.train")
@@ -116,6 +116,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--universal", action="store_true",
                         help="resume from a universal checkpoint (after ds_to_universal), e.g. "
                              "on a different number of ranks")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile each decoder layer (default: the YAML's "
+                             "training.compile; ZeRO 0-2)")
     parser.add_argument("--local_rank", type=int, default=None,
                         help=argparse.SUPPRESS)  # passed by the deepspeed launcher; env wins
     group = parser.add_argument_group("overrides of the YAML's training section")
@@ -129,7 +132,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def resolve_config(args: argparse.Namespace) -> PretrainConfig:
     """The YAML with flag overrides, validated again (so an override can be refused)."""
     config = load_config(args.config)
-    overrides = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None}
+    overrides = {k: getattr(args, k) for k in [*OVERRIDES, "compile"]
+                 if getattr(args, k, None) is not None}
     training = config.training.model_dump() | overrides
     return parse(PretrainConfig, {"model": config.model.model_dump(), "training": training},
                  f"{args.config} with overrides {overrides}")
@@ -162,6 +166,11 @@ def deepspeed_config(path: Path, training: TrainingConfig, world_size: int,
         bf16["enabled"] = bf16_supported
     if ds.get("fp16", {}).get("enabled") is True:
         raise ConfigError(f"{path}: fp16 is not supported (use bf16)")
+    if training.compile and ds.get("zero_optimization", {}).get("stage", 0) == 3:
+        # tried: same losses, but ZeRO-3's parameter-gathering hooks make dynamo recompile
+        # the layers up to its recompile limit and then run them eager, with a page of warnings
+        raise ConfigError(f"{path}: training.compile works with ZeRO stages 0-2 (ZeRO-3's "
+                          "parameter-gathering hooks defeat it); use --no-compile with ZeRO-3")
     return ds
 
 
@@ -412,6 +421,8 @@ def train(args: argparse.Namespace) -> int:
     model = CausalLM(model_config)
     num_params = model.num_params()  # before ZeRO-3 partitions the parameters away
     flops_per_token = model.flops_per_token(training.seq_len)
+    if training.compile:
+        compile_layers(model)  # compiles on the first step
     engine = build_engine(model, ds_config, training.weight_decay)
     stage = engine.zero_optimization_stage()
     bf16 = ds_config["bf16"]["enabled"]
@@ -419,6 +430,8 @@ def train(args: argparse.Namespace) -> int:
              "tokens", world_size, device, stage, "bf16" if bf16 else "fp32",
              num_params / 1e6, training.micro_batch_size * training.grad_accum
              * world_size, training.seq_len)
+    if training.compile:
+        log.info("decoder layers and loss compiled with torch.compile (the first step compiles)")
 
     step, consumed = 0, 0
     samples_per_step = training.micro_batch_size * training.grad_accum * world_size

@@ -74,7 +74,9 @@ def expand_inputs(patterns: list[str]) -> list[tuple[str, int]]:
     found: dict[str, int] = {}
     for pattern in patterns:
         fs, root = fsspec.core.url_to_fs(pattern)
-        paths = sorted(fs.glob(root)) if _GLOB.search(root) else [root]
+        # a file whose name holds glob characters (crawl[1].warc.gz) is taken as it is
+        literal = not _GLOB.search(root) or fs.exists(root)
+        paths = [root] if literal else sorted(fs.glob(root))
         if not paths:
             raise FileNotFoundError(f"input {pattern!r} matches no file")
         for path in paths:

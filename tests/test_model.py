@@ -8,7 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from pretrain.config import ConfigError, load_config, parse_config
-from pretrain.model import CausalLM, ModelConfig, next_token_loss, rope_cos_sin
+from pretrain.model import (
+    CausalLM,
+    ModelConfig,
+    compile_layers,
+    next_token_loss,
+    rope_cos_sin,
+)
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "pretrain"
 VOCAB = 96
@@ -183,3 +189,18 @@ def test_config_missing_key_and_vocab_resolution(tmp_path):
         fixed.model_for(600)
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_compiled_layers_keep_names_loss_and_gradients():
+    eager, compiled = build(seed=3).train(), build(seed=3).train()
+    compile_layers(compiled)
+    assert list(compiled.state_dict()) == list(eager.state_dict())  # checkpoints unchanged
+    batch = ids(batch=4, seq=32)
+    for model in (eager, compiled):
+        model(batch, labels=batch).loss.backward()
+    assert compiled(batch, labels=batch).loss.item() == pytest.approx(
+        eager(batch, labels=batch).loss.item(), abs=1e-5)
+    for (name, a), b in zip(eager.named_parameters(), compiled.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-4, msg=name)
+    shorter = ids(batch=2, seq=16)  # another shape recompiles instead of failing
+    assert compiled(shorter).logits.shape == (2, 16, VOCAB)

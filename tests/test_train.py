@@ -107,6 +107,20 @@ def test_flags_override_the_yaml_and_fill_the_deepspeed_json(tmp_path):
                                    "--data", "x", "--output", "y", "--lr", "1e-5"]))
 
 
+def test_compile_flag_overrides_the_yaml_and_is_refused_with_zero3():
+    base = ["--config", str(TINY), "--data", "x", "--output", "y"]
+    assert resolve_config(parse_args(base + ["--deepspeed_config", str(ZERO[1])])
+                          ).training.compile is False  # tiny.yaml: eager
+    compiled = resolve_config(parse_args(base + ["--deepspeed_config", str(ZERO[2]),
+                                                 "--compile"])).training
+    assert compiled.compile is True
+    assert deepspeed_config(ZERO[2], compiled, 1, False)["zero_optimization"]["stage"] == 2
+    with pytest.raises(ValueError, match="training.compile.*ZeRO stages 0-2.*--no-compile"):
+        deepspeed_config(ZERO[3], compiled, 1, False)
+    assert not resolve_config(parse_args(base + ["--deepspeed_config", str(ZERO[3]),
+                                                 "--no-compile"])).training.compile
+
+
 def test_resuming_on_another_number_of_ranks_names_the_conversion_command(tmp_path):
     assert resume_mode(tmp_path, 2, universal=False) is None
     tag = tmp_path / "global_step12"

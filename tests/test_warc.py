@@ -167,3 +167,17 @@ def test_remote_paths_and_globs_go_through_fsspec():
     assert sum(r.doc.file_path == units[0].path for r in read_unit(units[0], 1 << 30)) == 16
     with pytest.raises(FileNotFoundError, match="matches no file"):
         expand_inputs(["memory://bucket/crawl/*.parquet"])
+
+
+def test_a_file_named_like_a_glob_is_taken_literally(tmp_path):
+    from refine.readers import expand_inputs
+
+    for name in ("crawl[1].warc.gz", "crawl1.warc.gz", "crawl?.warc.gz", "crawlX.warc.gz"):
+        (tmp_path / name).write_bytes(SAMPLE.read_bytes())
+    assert [Path(p).name for p, _ in expand_inputs([str(tmp_path / "crawl[1].warc.gz")])] == [
+        "crawl[1].warc.gz"]
+    assert [Path(p).name for p, _ in expand_inputs([str(tmp_path / "crawl?.warc.gz")])] == [
+        "crawl?.warc.gz"]
+    # no file of that name: still a glob
+    assert sorted(Path(p).name for p, _ in expand_inputs([str(tmp_path / "crawl[1X].warc.gz")])
+                  ) == ["crawl1.warc.gz", "crawlX.warc.gz"]
