@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from refine.dedup.components import connected_components
@@ -45,7 +46,7 @@ class ShardDocs:
     """What the driver keeps per document of one shard (a few dozen bytes each)."""
 
     shard: str
-    ids: list[str]
+    ids: pa.StringArray  # one buffer, not a Python str per document
     chars: np.ndarray  # int64 text length
     id_hash: np.ndarray  # uint64
     url_hash: np.ndarray  # uint64, 0 for no URL
@@ -58,12 +59,13 @@ class ShardDocs:
 
 def read_shard_docs(path: str | Path, shard: str) -> tuple[ShardDocs, list[str]]:
     table = pq.read_table(path, columns=["id", "url", "text"])
-    ids = table.column("id").to_pylist()
+    id_array = table.column("id").combine_chunks().cast(pa.string())
+    ids = id_array.to_pylist()
     urls = table.column("url").to_pylist()
     texts = table.column("text").to_pylist()
     docs = ShardDocs(
         shard=shard,
-        ids=ids,
+        ids=id_array,
         chars=np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts)),
         id_hash=np.fromiter((stable_hash64(i) for i in ids), dtype=np.uint64, count=len(ids)),
         url_hash=np.fromiter((stable_hash64(url_key(u)) if u else 0 for u in urls),

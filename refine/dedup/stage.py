@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from refine.atomic_file import write_json_atomic
@@ -41,6 +42,20 @@ WORK = "dedup/work"
 DEDUP_STATS = "stats/dedup.json"
 MIN_BUCKETS = 8
 log = logging.getLogger(__name__)
+
+
+class IdTable:
+    """Every document's id in one Arrow buffer (~length + 4 bytes each; a list of Python str
+    costs ~100 bytes per id more), looked up only for duplicate_of."""
+
+    def __init__(self, arrays: list[pa.StringArray]):
+        self.array = pa.concat_arrays(arrays) if arrays else pa.array([], pa.string())
+
+    def __getitem__(self, index: int) -> str:
+        return self.array[index].as_py()
+
+    def __len__(self) -> int:
+        return len(self.array)
 
 
 def dedup_done(run_dir: Path) -> bool:
@@ -79,7 +94,9 @@ def run_dedup(run_dir: Path, config: DedupConfig, rejected_text_chars: int, comp
         "dedup: signatures", sign_shard,
         [(str(p), i, str(bucket_dir), buckets, fuzzy) for i, p in enumerate(shards)])
     offsets = np.cumsum([0] + [len(d) for d in per_shard]).astype(np.int64)
-    ids = [i for d in per_shard for i in d.ids]
+    ids = IdTable([d.ids for d in per_shard])
+    for d in per_shard:
+        d.ids = None  # type: ignore[assignment]  # the table holds the only copy
     chars = np.concatenate([d.chars for d in per_shard]) if per_shard else np.empty(0, np.int64)
     id_hash = np.concatenate([d.id_hash for d in per_shard]) if per_shard else np.empty(0, "u8")
     url_hash = np.concatenate([d.url_hash for d in per_shard]) if per_shard else np.empty(0, "u8")
@@ -144,7 +161,7 @@ def run_dedup(run_dir: Path, config: DedupConfig, rejected_text_chars: int, comp
         for doc, earlier_id in decision.earlier_run_id.items():
             removals[doc] = Removal("url_dedup", "url_in_earlier_run", earlier_id)
         alive[list(removals)] = False
-        write_url_set(run_dir, url_hash, ids, alive)
+        write_url_set(run_dir, url_hash, ids.array, alive)
         stage["cpu_s"] = time.process_time() - started_urls
 
     for doc in list(spans_by_doc):

@@ -65,11 +65,12 @@ def decide(url_hash: np.ndarray, alive: np.ndarray, rank: np.ndarray,
     return URLDecision(duplicate_of, earlier_run_id)
 
 
-def write_url_set(run_dir: Path, url_hash: np.ndarray, ids: list[str], kept: np.ndarray) -> None:
+def write_url_set(run_dir: Path, url_hash: np.ndarray, ids: pa.StringArray,
+                  kept: np.ndarray) -> None:
     rows = np.flatnonzero(kept & (url_hash != 0))
     rows = rows[np.argsort(url_hash[rows], kind="stable")]
     table = pa.table({"url_hash": pa.array(url_hash[rows], pa.uint64()),
-                      "id": pa.array([ids[i] for i in rows.tolist()], pa.string())},
+                      "id": ids.take(pa.array(rows, pa.int64()))},
                      schema=URL_SET_SCHEMA)
     path = url_set_path(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
