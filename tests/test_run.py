@@ -14,7 +14,7 @@ import pytest
 from warcio.archiveiterator import ArchiveIterator
 
 from refine.config import load_config
-from refine.readers import Unit, plan_units
+from refine.readers import plan_units
 from refine.run import RunError, largest_first, run
 
 from .conftest import DATA, ROOT, SHARED
@@ -232,4 +232,3 @@ def test_units_scheduled_largest_first():
     assert order == [("c.jsonl", 0), ("b.warc.gz", 0), ("d.warc.gz", 0), ("a.warc.gz", 0),
                      ("b.warc.gz", 1), ("d.warc.gz", 1)]
     assert largest_first([], sizes) == []
-    assert isinstance(largest_first(units, sizes)[0], Unit)

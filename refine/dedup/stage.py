@@ -45,17 +45,14 @@ log = logging.getLogger(__name__)
 
 
 class IdTable:
-    """Every document's id in one Arrow buffer (~length + 4 bytes each; a list of Python str
-    costs ~100 bytes per id more), looked up only for duplicate_of."""
+    """Every document's id, in the shards' Arrow buffers (~length + 4 bytes each; a list of
+    Python str costs ~100 bytes per id more), looked up only for duplicate_of."""
 
     def __init__(self, arrays: list[pa.StringArray]):
-        self.array = pa.concat_arrays(arrays) if arrays else pa.array([], pa.string())
+        self.array = pa.chunked_array(arrays, type=pa.string())  # no copy
 
     def __getitem__(self, index: int) -> str:
         return self.array[index].as_py()
-
-    def __len__(self) -> int:
-        return len(self.array)
 
 
 def dedup_done(run_dir: Path) -> bool:
@@ -95,8 +92,6 @@ def run_dedup(run_dir: Path, config: DedupConfig, rejected_text_chars: int, comp
         [(str(p), i, str(bucket_dir), buckets, fuzzy) for i, p in enumerate(shards)])
     offsets = np.cumsum([0] + [len(d) for d in per_shard]).astype(np.int64)
     ids = IdTable([d.ids for d in per_shard])
-    for d in per_shard:
-        d.ids = None  # type: ignore[assignment]  # the table holds the only copy
     chars = np.concatenate([d.chars for d in per_shard]) if per_shard else np.empty(0, np.int64)
     id_hash = np.concatenate([d.id_hash for d in per_shard]) if per_shard else np.empty(0, "u8")
     url_hash = np.concatenate([d.url_hash for d in per_shard]) if per_shard else np.empty(0, "u8")

@@ -65,7 +65,7 @@ def decide(url_hash: np.ndarray, alive: np.ndarray, rank: np.ndarray,
     return URLDecision(duplicate_of, earlier_run_id)
 
 
-def write_url_set(run_dir: Path, url_hash: np.ndarray, ids: pa.StringArray,
+def write_url_set(run_dir: Path, url_hash: np.ndarray, ids: pa.ChunkedArray,
                   kept: np.ndarray) -> None:
     rows = np.flatnonzero(kept & (url_hash != 0))
     rows = rows[np.argsort(url_hash[rows], kind="stable")]
