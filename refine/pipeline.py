@@ -3,6 +3,11 @@
 Every document record read ends in exactly one place: a kept row in `data/` or a rejected row
 in `rejected/` with its stage and reason. A unit's stats file is written last, after its shards
 are renamed into place, so its presence marks the unit as finished (resume relies on this).
+
+Records go through the stages a batch at a time, stage by stage: each stage's model (the
+fastText tables, the regexes) stays in the CPU cache over the batch instead of being evicted by
+the extraction of every page in between (fastText costs ~2x more interleaved). Rows are written
+in record order, so the output is the same as record by record.
 """
 
 from __future__ import annotations
@@ -28,6 +33,20 @@ from refine.stats import UnitStats
 
 DATA, FILTERED, REJECTED, PARTS = "data", "filtered", "rejected", "stats/units"
 WARN_REASONS = ("corrupt_record", "truncated_record", "record_too_large")
+BATCH_RECORDS = 64  # records per stage-by-stage batch (~10 MB of HTML on Common Crawl pages)
+BATCH_CHARS = 16 << 20  # and at most this much payload text held at once
+
+
+class _Outcome:
+    """Where one record ends: the shard row to write and the warnings it raised."""
+
+    __slots__ = ("doc", "row", "rejected", "warnings")
+
+    def __init__(self, doc: Document):
+        self.doc = doc
+        self.row: dict[str, Any] | None = None
+        self.rejected = False
+        self.warnings: list[str] = []
 
 
 def unit_done(run_dir: Path, unit: Unit) -> bool:
@@ -72,13 +91,19 @@ class UnitProcessor:
         rejected = ShardWriter(self.run_dir / REJECTED, unit.id, REJECTED_SCHEMA,
                                out.shard_bytes, out.compression)
         stats = UnitStats(unit.id, unit.path)
+        batch: list[SourceRecord] = []
+        batch_chars = 0
         clock = time.thread_time()
         for record in read_unit(unit, self.config.read.max_record_bytes):
-            now = time.thread_time()
-            stats.stages["read"]["cpu_s"] += now - clock
-            self._process_record(record, stats, kept, rejected)
+            stats.stages["read"]["cpu_s"] += time.thread_time() - clock
+            batch.append(record)
+            batch_chars += len(record.html or record.doc.text)
+            if len(batch) == BATCH_RECORDS or batch_chars >= BATCH_CHARS:
+                self._process_batch(batch, stats, kept, rejected)
+                batch, batch_chars = [], 0
             clock = time.thread_time()
         stats.stages["read"]["cpu_s"] += time.thread_time() - clock
+        self._process_batch(batch, stats, kept, rejected)
         write_started = time.thread_time()
         kept.close()
         rejected.close()
@@ -98,9 +123,25 @@ class UnitProcessor:
         write_json_atomic(self.run_dir / PARTS / f"{unit.id}.json", summary)
         return summary
 
-    def _process_record(self, record: SourceRecord, stats: UnitStats, kept: ShardWriter,
-                        rejected: ShardWriter) -> None:
-        doc = record.doc
+    def _process_batch(self, records: list[SourceRecord], stats: UnitStats, kept: ShardWriter,
+                       rejected: ShardWriter) -> None:
+        outcomes = [_Outcome(record.doc) for record in records]
+        live = [out for record, out in zip(records, outcomes, strict=True)
+                if self._read_and_extract(record, out, stats)]
+        for stage, text_filter in self.text_filters:
+            live = [out for out in live if self._run(text_filter, stage, out, stats)]
+        for out in live:
+            self._keep(out, stats)
+        for out in outcomes:  # in record order
+            stats.warnings.extend(out.warnings)
+            assert out.row is not None
+            if out.rejected:
+                rejected.add(out.row, len(out.row["text"]))
+            else:
+                kept.add(out.row, len(out.row["text"]))
+
+    def _read_and_extract(self, record: SourceRecord, out: _Outcome, stats: UnitStats) -> bool:
+        doc = out.doc
         stats.read += 1
         stats.records_by_type[record.record_type] += 1
         read = stats.stages["read"]
@@ -108,33 +149,32 @@ class UnitProcessor:
         read["bytes_in"] += int(doc.metrics.get("read.payload_bytes", len(doc.text)))
         if record.reason:
             if record.reason in WARN_REASONS:
-                stats.warnings.append(f"{doc.file_path} @ {doc.offset}: {record.reason}")
-            return self._reject(doc, "read", record.reason, stats, rejected)
+                out.warnings.append(f"{doc.file_path} @ {doc.offset}: {record.reason}")
+            self._reject(out, "read", record.reason, stats)
+            return False
         read["out"] += 1
         # text corpora often carry no URL: there is nothing for the URL stage to judge then
-        if self.url_filter is not None and doc.url and not self._run(self.url_filter, "url", doc,
-                                                                     stats, rejected):
-            return None
-        if record.html is not None and not self._extract(record.html, doc, stats, rejected):
-            return None
-        for stage, text_filter in self.text_filters:
-            if not self._run(text_filter, stage, doc, stats, rejected):
-                return None
+        if self.url_filter is not None and doc.url and not self._run(self.url_filter, "url", out,
+                                                                     stats):
+            return False
+        return record.html is None or self._extract(record.html, out, stats)
+
+    def _keep(self, out: _Outcome, stats: UnitStats) -> None:
+        doc = out.doc
         write = stats.stages["write"]
         write["in"] += 1
         write["out"] += 1
         write["bytes_out"] += len(doc.text)
         stats.kept += 1
-        kept.add({
+        out.row = {
             "id": doc.id, "url": doc.url, "date": doc.date, "text": doc.text,
             "language": doc.language, "language_score": doc.language_score,
             "token_count": len(doc.text.split()), "file_path": doc.file_path,
             "offset": doc.offset, "metrics": doc.metrics,
-        }, len(doc.text))
-        return None
+        }
 
-    def _run(self, stage_filter: Filter, stage: str, doc: Document, stats: UnitStats,
-             rejected: ShardWriter) -> bool:
+    def _run(self, stage_filter: Filter, stage: str, out: _Outcome, stats: UnitStats) -> bool:
+        doc = out.doc
         counters = stats.stages[stage]
         counters["in"] += 1
         counters["bytes_in"] += len(doc.text)
@@ -142,14 +182,14 @@ class UnitProcessor:
         reason = stage_filter.apply(doc)
         counters["cpu_s"] += time.thread_time() - started
         if reason is not None:
-            self._reject(doc, stage, reason, stats, rejected)
+            self._reject(out, stage, reason, stats)
             return False
         counters["out"] += 1
         counters["bytes_out"] += len(doc.text)
         return True
 
-    def _extract(self, html: str, doc: Document, stats: UnitStats,
-                 rejected: ShardWriter) -> bool:
+    def _extract(self, html: str, out: _Outcome, stats: UnitStats) -> bool:
+        doc = out.doc
         counters = stats.stages["extract"]
         counters["in"] += 1
         counters["bytes_in"] += len(html)
@@ -162,21 +202,22 @@ class UnitProcessor:
             status = "no_extracted_text"
         if status != OK:
             if error:
-                stats.warnings.append(f"{doc.file_path} @ {doc.offset}: {status}: {error}")
-            self._reject(doc, "extract", status, stats, rejected)
+                out.warnings.append(f"{doc.file_path} @ {doc.offset}: {status}: {error}")
+            self._reject(out, "extract", status, stats)
             return False
         doc.text = text
         counters["out"] += 1
         counters["bytes_out"] += len(text)
         return True
 
-    def _reject(self, doc: Document, stage: str, reason: str, stats: UnitStats,
-                rejected: ShardWriter) -> None:
+    def _reject(self, out: _Outcome, stage: str, reason: str, stats: UnitStats) -> None:
+        doc = out.doc
         stats.reject(stage, reason)
         cut = doc.text[: self.config.output.rejected_text_chars]
-        rejected.add({
+        out.rejected = True
+        out.row = {
             "id": doc.id, "url": doc.url, "date": doc.date, "file_path": doc.file_path,
             "offset": doc.offset, "stage": stage, "reason": reason, "duplicate_of": None,
             "language": doc.language, "metrics": doc.metrics, "text": cut,
             "text_chars": len(doc.text),
-        }, len(cut))
+        }

@@ -3,6 +3,7 @@
 import gzip
 import json
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -72,6 +73,30 @@ def test_empty_page_slow_page_and_good_page_each_end_in_their_place(tmp_path):
     # the worker survived the time-out: a fresh child extracted the page after it
     assert kept[0]["text"] and dict(kept[0]["metrics"])["extract.html_chars"] > 0
     assert summary["stages"]["extract"]["cpu_s"] > 0
+
+
+def test_batch_size_changes_nothing_in_the_output(tmp_path, monkeypatch):
+    """Records go through the stages a batch at a time; rows still come out in record order,
+    with the same warnings, whatever the batch size."""
+    import refine.pipeline
+
+    records = (DATA / "warc" / "real-html-02-head35.warc.gz").read_bytes()
+    records += warc_record("http://example.org/empty", b"<html><body></body></html>", "empty")
+    records += (DATA / "warc" / "truncated-record.warc.gz").read_bytes()
+    outputs = []
+    for batch in (1, 4, 64):
+        monkeypatch.setattr(refine.pipeline, "BATCH_RECORDS", batch)
+        shutil.rmtree(tmp_path / "run", ignore_errors=True)
+        summary, kept, rejected = process(tmp_path, records, language={"languages": ["en"]})
+        outputs.append((kept, rejected, summary["warnings"], summary["rejected"]))
+    assert outputs[0] == outputs[1] == outputs[2]
+    kept, rejected, warnings, reasons = outputs[0]
+    assert len(kept) >= 3 and len(rejected) > 20 and warnings
+    assert {"language.language_not_selected", "extract.no_extracted_text",
+            "read.truncated_record"} <= set(reasons)
+    for rows in (kept, rejected):
+        offsets = [r["offset"] for r in rows]
+        assert offsets == sorted(offsets)
 
 
 def test_rejected_rows_keep_cut_text_and_metrics(tmp_path):
