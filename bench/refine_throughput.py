@@ -76,9 +76,11 @@ def main() -> None:
         init_ray(None, num_cpus=os.cpu_count())
         ray_start = time.monotonic() - started
         summaries = []
+        driver_cpu = time.process_time()
         result = run(config, inputs, Path(tmp) / "run", workers=args.workers,
                      on_unit=lambda s, done, total: summaries.append(s))
         wall = time.monotonic() - started
+        driver_cpu = time.process_time() - driver_cpu  # Ray Data's executor loop, progress
         wall_end_unix = time.time()
     stats = result.stats
     stage_cpu = {name: round(stage["cpu_s"], 2) for name, stage in stats["stages"].items()}
@@ -117,6 +119,7 @@ def main() -> None:
         "cpu_s_per_stage": stage_cpu,
         "pipeline_cpu_s": round(pipeline_cpu, 2),
         "worker_cpu_s": round(worker_cpu, 2),
+        "driver_cpu_s": round(driver_cpu, 2),
         "extraction_share": round(stage_cpu["extract"] / pipeline_cpu, 3),
         "extraction_share_of_worker_cpu": round(stage_cpu["extract"] / worker_cpu, 3),
         "peak_rss_mb_per_worker": [
