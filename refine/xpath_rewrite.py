@@ -183,21 +183,23 @@ def required_literals(pattern: str) -> list[str] | None:
 
 def _guarded_regex_tests(source: str) -> str:
     """Rewrite 2: put a C-evaluated necessary condition in front of each `re:test`."""
+    blank = _blank_strings(source)
+
     def guard(match: re.Match[str]) -> str:
         argument, pattern = match.group(1), match.group(2)
+        if blank[match.start()] != source[match.start()]:
+            return match.group(0)  # inside a string literal
         try:
             if re.search(pattern, "") is not None:
                 return match.group(0)  # matches an absent attribute: no guard is possible
             literals = required_literals(pattern)
         except re.error:
             return match.group(0)
-        if literals and len(literals) <= MAX_GUARD_LITERALS:
-            condition = " or ".join(f"contains({argument}, '{lit}')" for lit in literals
-                                    if "'" not in lit)
-            if len(condition.split(" or ")) != len(literals):
-                condition = argument
+        if (literals and len(literals) <= MAX_GUARD_LITERALS
+                and not any("'" in lit for lit in literals)):
+            condition = " or ".join(f"contains({argument}, '{lit}')" for lit in literals)
         else:
-            condition = argument
+            condition = argument  # the attribute exists
         return f"(({condition}) and {match.group(0)})"
 
     return _RE_TEST.sub(guard, source)
@@ -228,33 +230,34 @@ def _expression_lists() -> dict[str, list[Any]]:
             if isinstance(value, list) and value and all(isinstance(x, XPath) for x in value)}
 
 
+def _fill_caches() -> None:
+    from lxml.etree import XPath
+
+    if _originals:
+        return
+    for name, expressions in _expression_lists().items():
+        _originals[name] = list(expressions)
+        _rewritten[name] = [
+            x if (new := rewrite_xpath(x.path)) == x.path
+            else XPath(new, namespaces={"re": REGEXP_NS})
+            for x in expressions
+        ]
+
+
 def use_rewritten_xpaths(enabled: bool) -> None:
     """Swap trafilatura's expression lists (in place) to the rewritten or the original forms."""
     global _active
     if enabled == _active:
         return
-    from lxml.etree import XPath
-
-    lists = _expression_lists()
-    if not _originals:
-        for name, expressions in lists.items():
-            _originals[name] = list(expressions)
-            _rewritten[name] = [
-                x if (new := rewrite_xpath(x.path)) == x.path
-                else XPath(new, namespaces={"re": REGEXP_NS})
-                for x in expressions
-            ]
-    for name, expressions in lists.items():
+    _fill_caches()
+    for name, expressions in _expression_lists().items():
         expressions[:] = (_rewritten if enabled else _originals)[name]
     _active = enabled
 
 
 def rewritten_pairs() -> list[tuple[str, Any, Any]]:
     """(list name[index], original, rewritten) for every expression the rewriter changed."""
-    use_rewritten_xpaths(_active)  # fills the caches
-    if not _originals:
-        use_rewritten_xpaths(True)
-        use_rewritten_xpaths(False)
+    _fill_caches()
     return [(f"{name}[{i}]", old, new)
             for name, olds in _originals.items()
             for i, (old, new) in enumerate(zip(olds, _rewritten[name], strict=True))

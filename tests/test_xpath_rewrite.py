@@ -66,6 +66,11 @@ def test_union_of_names_selects_the_same_nodes(source):
     assert select(source, NESTED)  # the cases select something
 
 
+def test_brackets_inside_string_literals_are_text():
+    assert (rewrite_xpath(".//*[self::p or self::div][@title='a][1]']")
+            == "(.//p|.//div)[@title='a][1]']")
+
+
 def test_first_match_per_parent_keeps_its_meaning():
     source = ".//*[self::div or self::section][@class='x'][1]"
     # d is the first x-classed div/section in its section, e the first in d; a and s1 in body/a
@@ -81,6 +86,7 @@ def test_first_match_per_parent_keeps_its_meaning():
     "p//*[self::div][@id]",  # not the start of a location path
     ".//*[self::div][exsl:node-set(@id)]",  # a prefix other than re:
     ".//*[re:test(@class, 'x?')]",  # matches the empty string, i.e. absent attributes
+    '''.//p[@title="re:test(@a, 'x')"]''',  # inside a string literal
 ])
 def test_unsafe_or_unknown_forms_are_left_alone(source):
     assert rewrite_xpath(source) == source
