@@ -7,8 +7,8 @@ changing what any expression selects:
 1. ``.//*[self::div or self::section][P]`` becomes ``(.//div|.//section)[P]``. libxml2 walks
    the tree for a name test in C, but evaluates a predicate node by node (~0.5 us per element
    each); the union form runs ``P`` only on the named elements. Applied only when no following
-   predicate of the step is positional: ``.//*[N][P][1]`` is the first match *per parent*, which
-   the union form would change.
+   predicate of the step is positional, except a final ``[1]`` (the first match *per parent*),
+   which becomes ``[not(preceding-sibling::*[N][P])]``.
 2. ``re:test(@class, 'PAT')`` becomes ``((contains(@class, 'lit') or ...) and re:test(@class,
    'PAT'))``, where the literals are ones every match of PAT must contain (read from Python's
    own regex parser), or just ``(@class and re:test(...))`` when there are too many. ``re:test``
@@ -30,7 +30,7 @@ from typing import Any
 REGEXP_NS = "http://exslt.org/regular-expressions"
 MAX_GUARD_LITERALS = 8
 
-_SELF_TESTS = re.compile(r"\s*self::([A-Za-z][\w-]*)(?:\s+or\s+self::([A-Za-z][\w-]*))*\s*")
+_SELF_TESTS = re.compile(r"\s*self::[A-Za-z][\w-]*(?:\s+or\s+self::[A-Za-z][\w-]*)*\s*")
 _SELF_NAME = re.compile(r"self::([A-Za-z][\w-]*)")
 _RE_TEST = re.compile(r"re:test\(\s*(@[\w-]+(?:\s*\|\s*@[\w-]+)*)\s*,\s*'([^']*)'\s*\)")
 _BOOLEAN_CALL = re.compile(r"(?:not|contains|starts-with|re:test|boolean|true|false)\s*\(")
