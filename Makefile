@@ -4,15 +4,33 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 DEMO   := runs/demo
 
-.PHONY: setup demo test test-fast bench lint clean browser
+LOCK   := requirements.lock
+# uv resolves the lock (fast, hashes for every file); pip installs it, so torch comes from the
+# CPU wheel pip finds on this kind of machine (PIP_FIND_LINKS) and never from a CUDA download.
+UV_VERSION := 0.13.9
+LOCKENV    := build/lockenv
+FIND_LINKS ?= $(PIP_FIND_LINKS)
+
+.PHONY: setup lock demo test test-fast bench lint clean browser
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Everything comes from the lock, hash-checked; the project itself is installed without deps.
+$(STAMP): $(LOCK) pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	touch $(STAMP)
+
+# Refresh the lock to the newest versions pyproject.toml allows; then run `make test`.
+lock:
+	test -x $(LOCKENV)/bin/uv || { python3 -m venv $(LOCKENV) && \
+		$(LOCKENV)/bin/pip install --quiet uv==$(UV_VERSION); }
+	$(LOCKENV)/bin/uv pip compile pyproject.toml --extra dev --generate-hashes --upgrade \
+		--python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+		$(if $(FIND_LINKS),--find-links $(FIND_LINKS)) --no-emit-find-links \
+		--custom-compile-command "make lock" -o $(LOCK)
 
 demo: setup
 	$(VENV)/bin/refine run configs/demo.yaml --input 'tests/data/warc/*.gz' \

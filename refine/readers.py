@@ -21,11 +21,18 @@ import fsspec
 import pyarrow.parquet as pq
 
 from refine.document import Document
-from refine.payload import PayloadError, decode_html, is_html, parse_http_response
+from refine.payload import (
+    HttpResponse,
+    PayloadError,
+    decode_html,
+    is_html,
+    parse_http_response,
+)
 from refine.warc import find_member_start, is_gzip, iter_records
 
 TEXT_RECORD_TYPES = ("conversion",)
 DOCUMENT_RECORD_TYPES = ("response", *TEXT_RECORD_TYPES)
+HTTP_BLOCK_TYPES = ("application/http",)  # WARC Content-Type of a block that is an HTTP message
 _GLOB = re.compile(r"[*?\[]")
 
 
@@ -158,7 +165,7 @@ def _html_record(
     doc: Document, block: bytes, headers: dict[str, str], max_record_bytes: int
 ) -> SourceRecord:
     try:
-        response = parse_http_response(block, max_record_bytes)
+        response = _response_of(block, headers, max_record_bytes)
         if not 200 <= response.status < 300:
             raise PayloadError("http_status")
         identified = headers.get("warc-identified-payload-type", "").split(";")[0].strip().lower()
@@ -170,6 +177,16 @@ def _html_record(
         return SourceRecord(doc, reason=error.reason)
     doc.metrics["read.payload_bytes"] = float(len(response.body))
     return SourceRecord(doc, html=html)
+
+
+def _response_of(block: bytes, headers: dict[str, str], max_record_bytes: int) -> HttpResponse:
+    """The HTTP response a response record holds. Some writers (Wayback exports among them) store
+    the body alone, with its type in the WARC Content-Type: that is read as a 200 response."""
+    warc_type = headers.get("content-type", "")
+    media_type = warc_type.split(";")[0].strip().lower()
+    if block.startswith(b"HTTP/") or not media_type or media_type in HTTP_BLOCK_TYPES:
+        return parse_http_response(block, max_record_bytes)
+    return HttpResponse(200, {"content-type": warc_type}, block)
 
 
 def _read_jsonl(unit: Unit, stream: BinaryIO) -> Iterator[SourceRecord]:

@@ -9,7 +9,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-METRICS = pa.map_(pa.string(), pa.float64())
+# Metrics are stored as a list of {key, value} structs: the physical layout of an Arrow map, without
+# the map type, which `datasets` cannot type. pandas, polars, DuckDB (`map_from_entries`) and
+# `datasets` all load it. Rows are built with a plain dict (`ROW_METRICS`), cast when written.
+METRICS = pa.list_(pa.struct([("key", pa.string()), ("value", pa.float64())]))
+ROW_METRICS = pa.map_(pa.string(), pa.float64())
 
 KEPT_SCHEMA = pa.schema([
     ("id", pa.string()),
@@ -40,6 +44,20 @@ REJECTED_SCHEMA = pa.schema([
 ])
 
 ROW_GROUP_ROWS = 2000
+
+
+def metrics_dict(entries: list[dict[str, Any]] | None) -> dict[str, float]:
+    """A stored metrics value (as `to_pylist` gives it) as a dict."""
+    return {entry["key"]: entry["value"] for entry in entries or ()}
+
+
+def rows_to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    """`rows` (their ``metrics`` a dict) as a table of `schema`."""
+    index = schema.get_field_index("metrics")
+    if index < 0:
+        return pa.Table.from_pylist(rows, schema=schema)
+    building = schema.set(index, schema.field(index).with_type(ROW_METRICS))
+    return pa.Table.from_pylist(rows, schema=building).cast(schema)
 
 
 class ShardWriter:
@@ -76,7 +94,7 @@ class ShardWriter:
         if self.writer is None:
             self.writer = pq.ParquetWriter(self._temp_path(), self.schema,
                                            compression=self.compression)
-        self.writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema))
+        self.writer.write_table(rows_to_table(self.rows, self.schema))
         self.rows = []
 
     def _finish_shard(self) -> None:

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 STAGES = ("read", "url", "extract", "language", "repetition", "quality", "lines", "write")
-DEDUP_STAGES = ("fuzzy_dedup", "exact_dedup", "url_dedup")  # whole-run stages, after "lines"
+# Whole-run stages, after "lines", in the order they are applied: URL dedup is decided before exact
+# substrings, so that a passage is only ever cut in favour of a document that stays kept.
+DEDUP_STAGES = ("fuzzy_dedup", "url_dedup", "exact_dedup")
 
 
 def new_stage() -> dict[str, Any]:
@@ -90,7 +92,9 @@ def merge(parts: list[dict[str, Any]], units_per_input: dict[str, int],
         stage["rejected"] = dict(sorted(stage["rejected"].items()))
     for entry in inputs.values():
         entry["complete"] = entry["units_done"] == entry["units"]
-        entry["accounting_ok"] = entry["read"] == entry["kept"] + entry["rejected"]
+        # OK only when every unit of the input was processed and every record is accounted for
+        entry["accounting_ok"] = (entry["complete"]
+                                  and entry["read"] == entry["kept"] + entry["rejected"])
         entry["by_reason"] = dict(sorted(entry["by_reason"].items()))
     order = {name: i for i, name in enumerate(STAGES[:-1] + DEDUP_STAGES + STAGES[-1:])}
     stages = dict(sorted(stages.items(), key=lambda item: order.get(item[0], len(order))))

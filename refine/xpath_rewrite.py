@@ -18,16 +18,25 @@ changing what any expression selects:
 `use_rewritten_xpaths(True)` swaps the rewritten expressions into trafilatura's expression
 lists in place (the lists its modules imported); `False` puts the originals back. Expressions
 that use anything the rewriter does not understand are left as they are.
+
+The rewrites were proven equal (tests/test_xpath_rewrite.py) on the lists of the trafilatura
+release whose fingerprint is `TESTED_FINGERPRINT`. On any other lists (an upgrade that changed
+them) nothing is rewritten and a warning says so: trafilatura runs its own expressions.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import re
 import re._constants as sre
 import re._parser as sre_parse
 from typing import Any
 
 REGEXP_NS = "http://exslt.org/regular-expressions"
+# sha256 of trafilatura 2.3.1's XPath lists (`expression_fingerprint`); see the module docstring.
+TESTED_FINGERPRINT = "d523fc9888eb68f079fac9e5efeb698592cf30adc6dcf06d5f32af4fc4c6745f"
+log = logging.getLogger(__name__)
 MAX_GUARD_LITERALS = 8
 
 _SELF_TESTS = re.compile(r"\s*self::[A-Za-z][\w-]*(?:\s+or\s+self::[A-Za-z][\w-]*)*\s*")
@@ -230,15 +239,28 @@ def _expression_lists() -> dict[str, list[Any]]:
             if isinstance(value, list) and value and all(isinstance(x, XPath) for x in value)}
 
 
+def expression_fingerprint() -> str:
+    """sha256 over the names and sources of the installed trafilatura's own XPath lists."""
+    digest = hashlib.sha256()
+    for name, expressions in sorted((_originals or _expression_lists()).items()):
+        digest.update(name.encode() + b"\0" + b"\0".join(x.path.encode() for x in expressions))
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
 def _fill_caches() -> None:
     from lxml.etree import XPath
 
     if _originals:
         return
+    tested = expression_fingerprint() == TESTED_FINGERPRINT  # before any swap: the originals
+    if not tested:
+        log.warning("trafilatura's XPath lists differ from the tested ones (an upgrade?): "
+                    "extract.fast_xpaths rewrites nothing; trafilatura's own expressions run")
     for name, expressions in _expression_lists().items():
         _originals[name] = list(expressions)
         _rewritten[name] = [
-            x if (new := rewrite_xpath(x.path)) == x.path
+            x if not tested or (new := rewrite_xpath(x.path)) == x.path
             else XPath(new, namespaces={"re": REGEXP_NS})
             for x in expressions
         ]

@@ -17,6 +17,7 @@ from refine.dedup.normalize import word_shingles
 from refine.dedup.synthetic import inject_duplicates
 from refine.dedup.urls import decide
 from refine.run import run
+from refine.shards import metrics_dict
 
 from .conftest import cc_documents
 
@@ -64,6 +65,18 @@ def test_survivor_is_chosen_by_content_not_position():
     moved = np.array([[where[a], where[b]] for a, b in edges.tolist()], dtype=np.uint64)
     again = choose_survivors(moved, offsets, preference_order(chars[perm], id_hash[perm]))
     assert perm[again.survivor].tolist() == result.survivor[perm].tolist()
+
+
+def test_length_beats_id_hash_when_they_disagree():
+    # the longest member has the largest id hash: it survives all the same
+    chars = np.array([400, 500, 450])
+    id_hash = np.array([1, 99, 2], dtype=np.uint64)
+    edges = np.array([[0, 1], [1, 2]], dtype=np.uint64)
+    result = choose_survivors(edges, np.array([0, 3]), preference_order(chars, id_hash))
+    assert result.survivor.tolist() == [1, 1, 1]
+    # equal lengths: the smaller id hash decides, whatever the position
+    tied = preference_order(np.array([500, 500, 450]), np.array([99, 1, 2], dtype=np.uint64))
+    assert choose_survivors(edges, np.array([0, 3]), tied).survivor.tolist() == [1, 1, 1]
 
 
 def test_url_decision_keeps_best_ranked_and_rejects_earlier_runs():
@@ -160,7 +173,7 @@ def test_injected_duplicates_are_removed_with_their_reason(dedup_run, corpus):
         cut = before[span["id"]][span["start"] : span["end"]]
         assert cut.startswith(span["text"]) and span["text"]  # stored text: at most 2,000 chars
         assert before[span["id"]].count(cut) > cut_doc["text"].count(cut)
-        assert cut_doc["metrics"] and dict(cut_doc["metrics"])["exact_dedup.chars_cut"] > 0
+        assert cut_doc["metrics"] and metrics_dict(cut_doc["metrics"])["exact_dedup.chars_cut"] > 0
     # anything else fuzzy dedup removed is a real near-duplicate (the sample has a few)
     copied = set(injected.near.values()) | set(injected.exact.values())
     for doc_id, row in fuzzy.items():
@@ -268,3 +281,33 @@ def test_presets_refinedweb_is_the_default_and_fineweb_differs_in_dedup_only():
         assert preset.candidate_probability(0.65) < 0.5 < preset.candidate_probability(0.75)
     same = fineweb.model_dump(exclude={"name", "dedup"})
     assert same == refinedweb.model_dump(exclude={"name", "dedup"})
+
+
+def _words(tag: str, n: int) -> str:
+    return " ".join(f"{tag}{i}" for i in range(n))
+
+
+@pytest.mark.slow
+def test_url_dedup_never_removes_the_kept_copy_of_a_cut_passage(local_ray, tmp_path):
+    # S and X share passage P, S is longer: P is cut from X in favour of S. T has S's URL and is
+    # longer still, so URL dedup removes S. P must then stay in some kept text, and every span
+    # row must name a kept document that holds the span.
+    passage = _words("p", 80)
+    docs = [
+        {"id": "S", "url": "https://example.org/s", "text": passage + " " + _words("s", 300)},
+        {"id": "X", "url": "https://example.org/x", "text": _words("x", 100) + " " + passage},
+        {"id": "T", "url": "https://example.org/s", "text": _words("t", 500)},
+    ]
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    result = run(dedup_config(), [str(path)], tmp_path / "run", workers=1)
+    kept = {r["id"]: r["text"] for r in rows(result.run_dir, "data")}
+    rejected = {r["id"]: r for r in rows(result.run_dir, "rejected")}
+    assert "S" in rejected and rejected["S"]["stage"] == "url_dedup"
+    assert rejected["S"]["duplicate_of"] == "T"
+    assert any(passage in text for text in kept.values()), "the passage is in no kept text"
+    for span in rows(result.run_dir, "spans"):
+        assert span["duplicate_of"] in kept, f"span points at a rejected document: {span}"
+        assert span["text"] in kept[span["duplicate_of"]]
+    for row in rejected.values():  # whatever a rejected row duplicates is kept
+        assert row["duplicate_of"] in kept

@@ -66,6 +66,17 @@ def test_short_shared_passage_is_kept():
     assert [len(s) for s in find_duplicate_spans([p + " a", "b " + p], min_tokens=50)] == [0, 1]
 
 
+@pytest.mark.parametrize(("n", "cut"), [(49, False), (50, True), (51, True)])
+def test_two_identical_documents_of_about_min_tokens(n, cut):
+    p = _passage(n)
+    spans = find_duplicate_spans([p, p], min_tokens=50)
+    if cut:  # the second copy is cut whole, the first kept whole
+        assert spans == [[], [DuplicateSpan(0, len(p), source=0, tokens=n)]]
+        assert cut_spans(p, spans[1]) == ""
+    else:
+        assert spans == [[], []]
+
+
 def test_repeat_inside_one_document():
     p = _passage(55)
     text = "head " + p + " middle\n\n" + p + " end"

@@ -132,6 +132,13 @@ def test_single_word(line: str, dropped: bool) -> None:
         ("Please sign in here to see the results", "Please sign in here to see the results", None),
         ("Subscribers get the paper early", "Subscribers get the paper early", None),
         ("Signing in takes a minute", "Signing in takes a minute", None),
+        # anywhere in a short line: the paper's third kind of pattern
+        ("Your basket: 2 items in cart | Checkout securely today",
+         "Your basket: 2 Checkout securely today", None),
+        ("Fresh bread daily, add to cart, baked this morning",
+         "Fresh bread daily baked this morning", None),
+        ("Sign in | 3 items in cart | Local news", "3 Local news", None),
+        ("Carts in items lists", "Carts in items lists", None),
     ],
 )
 def test_boilerplate_phrases(line: str, expected: str, rule: str | None) -> None:
@@ -145,8 +152,30 @@ def test_phrases_only_stripped_from_short_lines(n_words: int, edited: bool) -> N
     line = " ".join(["word"] * (n_words - 2) + ["Read", "more"])
     new, removed, counts = LineCorrectionFilter().correct_lines(line)
     assert counts["edited"] == int(edited)
-    assert removed == (2 if edited else 0)
+    assert removed == (n_words if edited else 0)  # every word of a flagged line counts
     assert new == (" ".join(["word"] * (n_words - 2)) if edited else line)
+
+
+@pytest.mark.parametrize(("n_words", "edited"), [(10, True), (11, False)])
+def test_anywhere_phrases_only_removed_from_short_lines(n_words: int, edited: bool) -> None:
+    line = " ".join(["word"] * 3 + ["items", "in", "cart"] + ["word"] * (n_words - 6))
+    new, removed, counts = LineCorrectionFilter().correct_lines(line)
+    assert counts["edited"] == int(edited)
+    assert new == (" ".join(["word"] * (n_words - 3)) if edited else line)
+
+
+@pytest.mark.parametrize(("line_words", "dropped"), [(5, False), (6, True)])
+def test_five_percent_rule_counts_every_word_of_an_edited_line(line_words: int,
+                                                               dropped: bool) -> None:
+    # 100 words; one short line ends in "read more": 2 phrase words, but the whole line counts.
+    edited = " ".join(["house"] * (line_words - 2) + ["read", "more"])
+    prose = ["house"] * (100 - line_words)
+    text = "\n".join([" ".join(prose[i : i + 12]) for i in range(0, len(prose), 12)] + [edited])
+    doc = Document(id="d", url="u", text=text)
+    reason = LineCorrectionFilter().apply(doc)
+    assert doc.metrics["line_corrections.removed_words"] == line_words
+    assert doc.metrics["line_corrections.lines_edited"] == 1
+    assert reason == ("too_many_words_removed" if dropped else None)
 
 
 def test_phrases_are_configurable() -> None:
@@ -185,7 +214,8 @@ def test_text_is_rewritten_with_kept_lines() -> None:
         "boilerplate": 1,
         "edited": 1,
     }
-    assert removed == len(text.split()) - len(new.split())
+    # the words of removed lines, and every word of the edited line ("Facebook Twitter" kept)
+    assert removed == len(text.split()) - len(new.split()) + 2
 
 
 def test_clean_text_is_returned_unchanged() -> None:
@@ -248,9 +278,10 @@ def test_defaults() -> None:
     assert c.short_line_max_words == 10
     assert c.max_removed_word_frac == 0.05
     assert {"likes", "comments", "views", "shares"} <= set(c.counter_words)
-    assert {"sign in", "sign-in", "log in", "read more", "items in cart", "skip to content"} <= set(
+    assert {"sign in", "sign-in", "log in", "read more", "skip to content"} <= set(
         c.boilerplate_phrases
     )
+    assert "items in cart" in c.boilerplate_anywhere_phrases
 
 
 @pytest.mark.parametrize(
@@ -263,6 +294,7 @@ def test_defaults() -> None:
         {"counter_words": ["likes", ""]},
         {"counter_words": ["page views"]},
         {"boilerplate_phrases": ["  "]},
+        {"boilerplate_anywhere_phrases": ["items in cart", ""]},
         {"min_words": 3},  # unknown field
     ],
 )

@@ -38,7 +38,8 @@ def test_plain_prose_is_kept_with_all_metrics() -> None:
     assert metric(doc, "mean_word_len") == pytest.approx((3 + 3 + 198 * 5) / 200)
     assert metric(doc, "stop_words") == 2
     assert metric(doc, "alpha_word_frac") == 1.0
-    assert metric(doc, "symbol_word_ratio") == 0.0
+    assert metric(doc, "hash_word_ratio") == 0.0
+    assert metric(doc, "ellipsis_word_ratio") == 0.0
     assert metric(doc, "bullet_line_frac") == 0.0
     assert metric(doc, "ellipsis_line_frac") == 0.0
 
@@ -59,18 +60,22 @@ def test_max_words(n: int, reason: str | None) -> None:
 
 
 def sized_words(lengths: list[int]) -> str:
-    """Words of the given lengths (made of letters, no stop words) plus "the the"."""
-    ws = ["the", "the"] + ["q" * k for k in lengths]
+    """Words of the given lengths (made of letters, no stop words) plus "the and"."""
+    ws = ["the", "and"] + ["q" * k for k in lengths]
     return lines_of(ws)
 
 
 @pytest.mark.parametrize(
     ("lengths", "expected", "reason"),
     [
-        # 2 x "the" + 98 words: mean (6 + sum) / 100
+        # "the and" + 98 words: mean (6 + sum) / 100
         ([3] * 88 + [2] * 10, 2.90, "mean_word_len"),
+        ([3] * 97 + [2], 2.99, "mean_word_len"),
+        ([3] * 98, 3.00, None),  # exactly the minimum is kept
         ([3] * 88 + [4] * 10, 3.10, None),
         ([10] * 88 + [9] * 9 + [23], 9.90, None),
+        ([10] * 97 + [24], 10.00, None),  # exactly the maximum is kept
+        ([10] * 97 + [25], 10.01, "mean_word_len"),
         ([10] * 88 + [11] * 9 + [25], 10.10, "mean_word_len"),
     ],
 )
@@ -90,21 +95,33 @@ def test_mean_word_length_strips_punctuation_and_ignores_symbol_tokens() -> None
 
 @pytest.mark.parametrize(
     ("n_hash", "n_ellipsis", "reason"),
-    [(9, 0, None), (11, 0, "symbol_word_ratio"), (4, 5, None), (5, 6, "symbol_word_ratio")],
+    [
+        (9, 0, None),
+        (10, 0, None),  # exactly 0.1 is kept
+        (11, 0, "hash_word_ratio"),
+        (0, 10, None),
+        (0, 11, "ellipsis_word_ratio"),
+        (10, 10, None),  # two checks, not one summed ratio (0.2 summed)
+        (6, 6, None),
+        (11, 11, "hash_word_ratio"),  # both fail: the '#' check comes first
+    ],
 )
-def test_symbol_to_word_ratio(n_hash: int, n_ellipsis: int, reason: str | None) -> None:
+def test_hash_and_ellipsis_to_word_ratios(n_hash: int, n_ellipsis: int, reason: str | None) -> None:
     ws = words(100)
     for i in range(n_hash):
         ws[10 + i] = "#" + ws[10 + i]
     for i in range(n_ellipsis):  # mid-line, alternating "..." and "…"
         ws[40 + 2 * i] += "..." if i % 2 else "…"
     got, doc = run(lines_of(ws))
-    assert metric(doc, "symbol_word_ratio") == pytest.approx((n_hash + n_ellipsis) / 100)
+    assert metric(doc, "hash_word_ratio") == pytest.approx(n_hash / 100)
+    assert metric(doc, "ellipsis_word_ratio") == pytest.approx(n_ellipsis / 100)
     assert metric(doc, "ellipsis_line_frac") == 0.0
     assert got == reason
 
 
-@pytest.mark.parametrize(("n_bullets", "reason"), [(89, None), (91, "bullet_line_frac")])
+@pytest.mark.parametrize(
+    ("n_bullets", "reason"), [(89, None), (90, None), (91, "bullet_line_frac")]
+)
 def test_bullet_lines(n_bullets: int, reason: str | None) -> None:
     ws = words(900)
     lines = [" ".join(ws[i * 9 : i * 9 + 9]) for i in range(100)]
@@ -127,7 +144,9 @@ def test_blank_lines_do_not_count_as_lines() -> None:
     assert metric(run(text)[1], "ellipsis_line_frac") == 1.0
 
 
-@pytest.mark.parametrize(("n_ellipsis", "reason"), [(29, None), (31, "ellipsis_line_frac")])
+@pytest.mark.parametrize(
+    ("n_ellipsis", "reason"), [(29, None), (30, None), (31, "ellipsis_line_frac")]
+)
 def test_ellipsis_lines(n_ellipsis: int, reason: str | None) -> None:
     ws = words(500)
     lines = [" ".join(ws[i * 5 : i * 5 + 5]) for i in range(100)]
@@ -138,7 +157,9 @@ def test_ellipsis_lines(n_ellipsis: int, reason: str | None) -> None:
     assert got == reason
 
 
-@pytest.mark.parametrize(("n_numbers", "reason"), [(19, None), (21, "alpha_word_frac")])
+@pytest.mark.parametrize(
+    ("n_numbers", "reason"), [(19, None), (20, None), (21, "alpha_word_frac")]
+)
 def test_alphabetic_word_fraction(n_numbers: int, reason: str | None) -> None:
     ws = words(100)
     for i in range(n_numbers):
@@ -151,12 +172,20 @@ def test_alphabetic_word_fraction(n_numbers: int, reason: str | None) -> None:
 
 @pytest.mark.parametrize(
     ("stop", "reason"),
-    [([], "stop_words"), (["the"], "stop_words"), (["the", "with"], None), (["The,", "AND"], None)],
+    [
+        ([], "stop_words"),
+        (["the"], "stop_words"),
+        (["the", "the"], "stop_words"),  # two of the words, not twice one word
+        (["the", "THE,", "the."], "stop_words"),
+        (["the", "with"], None),
+        (["The,", "AND"], None),
+        (["the", "the", "of"], None),
+    ],
 )
 def test_stop_words(stop: list[str], reason: str | None) -> None:
     ws = stop + [CONTENT[i % len(CONTENT)] for i in range(100)]
     got, doc = run(lines_of(ws))
-    assert metric(doc, "stop_words") == len(stop)
+    assert metric(doc, "stop_words") == len({w.strip(",.").lower() for w in stop})
     assert got == reason
 
 
@@ -164,15 +193,55 @@ def test_stop_words_are_configurable_and_can_be_disabled() -> None:
     text = lines_of([CONTENT[i % len(CONTENT)] for i in range(100)])
     assert run(text)[0] == "stop_words"
     assert run(text, QualityConfig(min_stop_words=0))[0] is None
-    custom = QualityConfig(stop_words=["River", "stone"], min_stop_words=20)
+    custom = QualityConfig(stop_words=["River", "stone", "absent"], min_stop_words=2)
     got, doc = run(text, custom)
-    assert metric(doc, "stop_words") == 20
+    assert metric(doc, "stop_words") == 2
     assert got is None
-    assert run(text, QualityConfig(stop_words=["river"], min_stop_words=11))[0] == "stop_words"
+    assert run(text, custom.model_copy(update={"min_stop_words": 3}))[0] == "stop_words"
 
 
-def test_checks_run_in_documented_order() -> None:
-    # Too few words and no stop words: the word count is reported.
+def _failing(rules: set[str]) -> str:
+    """Prose of 100 words (40 for too_few_words) failing exactly `rules`."""
+    n = 40 if "too_few_words" in rules else 100
+    ws = words(n)
+
+    def part(lo: int, hi: int) -> slice:  # percent of the words
+        return slice(n * lo // 100, n * hi // 100)
+
+    if "mean_word_len" in rules:
+        ws[2:] = ["quite" * 3] * (n - 2)  # mean above 14
+    if "hash_word_ratio" in rules:
+        ws[part(10, 25)] = ["#" + w for w in ws[part(10, 25)]]
+    if "ellipsis_word_ratio" in rules:
+        ws[part(30, 45)] = [w + "..." for w in ws[part(30, 45)]]
+    if "alpha_word_frac" in rules:
+        ws[part(50, 80)] = [str(1000 + i) for i in range(len(ws[part(50, 80)]))]
+    if "stop_words" in rules:
+        ws[:2] = ["river", "stone"]
+    text = lines_of(ws)
+    if "bullet_line_frac" in rules:
+        text = "\n".join("- " + line for line in text.split("\n"))
+    if "ellipsis_line_frac" in rules:
+        text = "\n".join(line + " …" for line in text.split("\n"))
+    return text
+
+
+ORDER = ("too_few_words", "mean_word_len", "hash_word_ratio", "ellipsis_word_ratio",
+         "bullet_line_frac", "ellipsis_line_frac", "alpha_word_frac", "stop_words")
+
+
+@pytest.mark.parametrize("rule", ORDER)
+def test_each_rule_alone(rule: str) -> None:
+    assert run(_failing({rule}))[0] == rule
+
+
+@pytest.mark.parametrize(
+    "pair", [(a, b) for i, a in enumerate(ORDER) for b in ORDER[i + 1 :]
+             if {a, b} != {"ellipsis_word_ratio", "ellipsis_line_frac"}],
+)
+def test_two_failing_rules_report_the_first_in_documented_order(pair: tuple[str, str]) -> None:
+    # Lines ending in " …" add ellipses per word too, so that pair cannot fail alone.
+    assert run(_failing(set(pair)))[0] == pair[0]
     assert run("river stone")[0] == "too_few_words"
 
 
@@ -192,7 +261,7 @@ def test_defaults_are_gopher_values() -> None:
     c = QualityConfig()
     assert (c.min_words, c.max_words) == (50, 100_000)
     assert (c.min_mean_word_len, c.max_mean_word_len) == (3, 10)
-    assert c.max_symbol_word_ratio == 0.1
+    assert (c.max_hash_word_ratio, c.max_ellipsis_word_ratio) == (0.1, 0.1)
     assert (c.max_bullet_line_frac, c.max_ellipsis_line_frac) == (0.9, 0.3)
     assert c.min_alpha_word_frac == 0.8
     assert c.stop_words == ["the", "be", "to", "of", "and", "that", "have", "with"]
@@ -205,7 +274,9 @@ def test_defaults_are_gopher_values() -> None:
         {"min_words": -1},
         {"min_words": 200, "max_words": 100},
         {"min_mean_word_len": 11},  # above the max of 10
-        {"max_symbol_word_ratio": -0.1},
+        {"max_hash_word_ratio": -0.1},
+        {"max_ellipsis_word_ratio": -0.1},
+        {"max_symbol_word_ratio": 0.1},  # the summed ratio is gone: two checks now
         {"max_bullet_line_frac": 1.1},
         {"max_ellipsis_line_frac": -0.5},
         {"min_alpha_word_frac": 2},

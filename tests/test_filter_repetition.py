@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from pydantic import ValidationError
 
@@ -247,3 +249,51 @@ def test_defaults_are_gopher_values() -> None:
 def test_config_rejects_bad_values(bad: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         RepetitionConfig(**bad)
+
+
+def test_every_check_keeps_a_value_exactly_at_its_threshold() -> None:
+    # One text where every check measures something: a 12-word paragraph appears twice.
+    repeated = " ".join(f"r{j:04d}" for j in range(12))
+    text = "\n\n".join([repeated, " ".join(uniq(i) for i in range(40)), repeated,
+                        " ".join(uniq(100 + i) for i in range(30))])
+    measured = repetition_metrics(text)
+    for check in CHECKS:
+        value = measured[check]
+        assert value > 0, check
+        off = {c: 1.0 for c in CHECKS}
+        at = RepetitionFilter(RepetitionConfig(**{**off, check: value}))
+        assert run(at, text)[0] is None, f"{check}: a value equal to the threshold is kept"
+        below = RepetitionFilter(RepetitionConfig(**{**off, check: math.nextafter(value, 0)}))
+        assert run(below, text)[0] == check
+
+
+@pytest.mark.parametrize(("n", "count", "n_words"), [(2, 20, 200), (3, 18, 300), (4, 16, 400)])
+def test_top_ngram_exactly_at_the_default_threshold_is_kept(n: int, count: int,
+                                                            n_words: int) -> None:
+    reason, doc = run(RepetitionFilter(), top_ngram_text(n, count, n_words))
+    check = f"top_{n}gram_char_frac"
+    assert doc.metrics[f"gopher_repetition.{check}"] == pytest.approx(getattr(DEFAULTS, check))
+    assert reason is None
+
+
+@pytest.mark.parametrize(("sep", "check", "n_dup"), [
+    ("\n", "dup_line_frac", 30), ("\n\n", "dup_para_frac", 30),
+    ("\n", "dup_line_char_frac", 20), ("\n\n", "dup_para_char_frac", 20),
+])
+def test_duplicate_items_exactly_at_the_default_threshold_are_kept(sep: str, check: str,
+                                                                   n_dup: int) -> None:
+    reason, doc = run(only(check), sep.join(items(100, n_dup)))
+    assert doc.metrics[f"gopher_repetition.{check}"] == getattr(DEFAULTS, check)
+    assert reason is None
+
+
+def test_two_failing_checks_report_the_first_in_documented_order() -> None:
+    # duplicate lines (40%) also make duplicate-line chars (40%) and n-grams fail: the first
+    # check in CHECKS is the reason, and every later one is over its threshold too
+    text = "\n".join(items(100, 40))
+    reason, doc = run(RepetitionFilter(), text)
+    over = [c for c in CHECKS if doc.metrics[f"gopher_repetition.{c}"] > getattr(DEFAULTS, c)]
+    assert len(over) >= 2
+    assert reason == over[0] == "dup_line_frac"
+    later = RepetitionFilter(RepetitionConfig(dup_line_frac=1.0))
+    assert run(later, text)[0] == over[1]

@@ -210,6 +210,8 @@ def test_filter_pickles_without_the_blocklist(url_filter):
         ("http://[2001:DB8::1]:80/x", ("[2001:db8::1]", "/x", "")),
         ("http://example.com\\evil", ("example.com", "/evil", "")),
         ("http://mailto:x@example.com/", ("example.com", "/", "")),
+        ("http://u:p@ss@host/", ("host", "/", "")),  # the last "@" ends the user info
+        ("http://u:p@ss@WWW.Host.org/x", ("host.org", "/x", "")),
     ],
 )
 def test_split_url(url, expected):

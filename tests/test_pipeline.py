@@ -15,6 +15,7 @@ from refine.config import parse_config
 from refine.pipeline import UnitProcessor
 from refine.readers import plan_units
 from refine.sandbox import CRASHED, FAILED, OK, ExtractionSandbox
+from refine.shards import metrics_dict
 
 from .conftest import DATA
 
@@ -71,7 +72,7 @@ def test_empty_page_slow_page_and_good_page_each_end_in_their_place(tmp_path):
     assert summary["read"] == 3 == summary["kept"] + sum(summary["rejected"].values())
     assert summary["worker"]["extract_child_restarts"] == 1
     # the worker survived the time-out: a fresh child extracted the page after it
-    assert kept[0]["text"] and dict(kept[0]["metrics"])["extract.html_chars"] > 0
+    assert kept[0]["text"] and metrics_dict(kept[0]["metrics"])["extract.html_chars"] > 0
     assert summary["stages"]["extract"]["cpu_s"] > 0
 
 
@@ -108,7 +109,7 @@ def test_rejected_rows_keep_cut_text_and_metrics(tmp_path):
     row = rejected[0]
     assert (row["stage"], row["reason"]) == ("quality", "too_few_words")
     assert len(row["text"]) == 50 and row["text_chars"] > 50
-    assert dict(row["metrics"])["gopher_quality.n_words"] > 50
+    assert metrics_dict(row["metrics"])["gopher_quality.n_words"] > 50
 
 
 def test_sandbox_reports_crash_and_error_and_recovers():

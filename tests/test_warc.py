@@ -126,6 +126,54 @@ def test_read_stage_rejects_non_html_and_keeps_html(tmp_path):
     assert out["5"].reason == "undecodable"
 
 
+def _warc_record(uri: str, block: bytes, warc_type: str = "") -> bytes:
+    type_line = f"Content-Type: {warc_type}\r\n" if warc_type else ""
+    return (f"WARC/1.0\r\nWARC-Type: response\r\nWARC-Target-URI: {uri}\r\n"
+            f"WARC-Record-ID: <urn:uuid:{uri[-1]}>\r\n{type_line}"
+            f"Content-Length: {len(block)}\r\n\r\n").encode() + block + b"\r\n\r\n"
+
+
+def test_response_records_without_an_http_header_block_are_read(tmp_path):
+    # Wayback exports store the body alone; the WARC Content-Type gives its type.
+    html = b"<html><head><title>t</title></head><body><p>caf\xc3\xa9 au lait</p></body></html>"
+    http = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n" + html
+    path = tmp_path / "wayback.warc.gz"
+    path.write_bytes(b"".join(gzip.compress(r) for r in (
+        _warc_record("http://a.example/1", html, "text/html; charset=utf-8"),
+        _warc_record("http://a.example/2", http, "application/http; msgtype=response"),
+        _warc_record("http://a.example/3", html, "application/http; msgtype=response"),
+        _warc_record("http://a.example/4", html),  # no type at all: not taken on trust
+        _warc_record("http://a.example/5", b"%PDF-1.4 binary", "application/pdf"),
+    )))
+    unit = plan_units([(str(path), path.stat().st_size)], 1 << 30)[0]
+    out = {r.doc.id: r for r in read_unit(unit, 1 << 20)}
+    assert out["1"].reason is None and "café au lait" in out["1"].html
+    assert out["2"].reason is None and "café au lait" in out["2"].html
+    assert out["3"].reason == "bad_http_response"  # says HTTP, holds none
+    assert out["4"].reason == "bad_http_response"
+    assert out["5"].reason == "not_html"
+
+
+def test_one_gzip_member_holding_many_records_is_read_whole(tmp_path):
+    # Every record in a single gzip member: a reader that stopped after the first would pass
+    # the per-record tests.
+    raw = [zlib.decompress(m, 31) for m in members(SAMPLE)]
+    path = tmp_path / "one-member.warc.gz"
+    path.write_bytes(gzip.compress(b"".join(raw)))
+    with path.open("rb") as f:
+        records = list(iter_records(f))
+    with SAMPLE.open("rb") as f:
+        expected = list(iter_records(f))
+    assert len(records) == len(expected) == 50
+    assert [r.headers.get("warc-record-id") for r in records] == [
+        r.headers.get("warc-record-id") for r in expected]
+    assert [r.block for r in records] == [r.block for r in expected]
+    assert all(r.problem is None for r in records)
+    unit = plan_units([(str(path), path.stat().st_size)], 1 << 30)[0]
+    read = [r for r in read_unit(unit, 1 << 20) if r.reason is None]
+    assert len(read) == 16  # every HTML response
+
+
 def test_jsonl_reader_reports_bad_lines_and_keeps_the_rest(tmp_path):
     path = tmp_path / "docs.jsonl"
     path.write_text('{"id": "a", "text": "hello"}\nnot json\n{"text": "no id"}\n[1, 2]\n')

@@ -186,3 +186,16 @@ def test_switching_restores_trafilatura_own_expressions():
     assert originals != xpaths.BODY_XPATH and "preceding-sibling" in xpaths.BODY_XPATH[0].path
     use_rewritten_xpaths(False)
     assert originals == xpaths.BODY_XPATH
+
+
+def test_trafilatura_xpath_lists_are_the_tested_ones():
+    import trafilatura
+
+    from refine.xpath_rewrite import TESTED_FINGERPRINT, expression_fingerprint
+
+    assert expression_fingerprint() == TESTED_FINGERPRINT, (
+        f"trafilatura {trafilatura.__version__} changed the XPath lists that refine.xpath_rewrite "
+        "rewrites, so the rewrite is off (trafilatura's own expressions run). Run this file's "
+        "equivalence tests with the rewrite forced on, then set TESTED_FINGERPRINT to "
+        f"{expression_fingerprint()!r} in refine/xpath_rewrite.py.")
+    assert rewritten_pairs(), "the tested lists must have expressions to rewrite"

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from refine.atomic_file import atomic_write
 from refine.dedup.exact import DuplicateSpan, cut_spans
-from refine.shards import KEPT_SCHEMA, REJECTED_SCHEMA
+from refine.shards import KEPT_SCHEMA, REJECTED_SCHEMA, metrics_dict, rows_to_table
 
 SPAN_SCHEMA = pa.schema([
     ("id", pa.string()),
@@ -77,7 +77,7 @@ def rewrite_shard(source: str, run_dir: str, edits: ShardEdits, rejected_text_ch
                 "id": row["id"], "url": row["url"], "date": row["date"],
                 "file_path": row["file_path"], "offset": row["offset"], "stage": removal.stage,
                 "reason": removal.reason, "duplicate_of": removal.duplicate_of,
-                "language": row["language"], "metrics": row["metrics"],
+                "language": row["language"], "metrics": metrics_dict(row["metrics"]),
                 "text": text[:rejected_text_chars], "text_chars": len(text),
             })
             continue
@@ -91,16 +91,16 @@ def rewrite_shard(source: str, run_dir: str, edits: ShardEdits, rejected_text_ch
             row["text"] = cut_spans(text, [s for s, _ in spans])
             cut = len(text) - len(row["text"])
             chars_cut += cut
-            row["metrics"] = dict(row["metrics"] or [])
-            row["metrics"]["exact_dedup.chars_cut"] = float(cut)
-            row["metrics"]["exact_dedup.spans"] = float(len(spans))
+            row["metrics"] = row["metrics"] + [
+                {"key": "exact_dedup.chars_cut", "value": float(cut)},
+                {"key": "exact_dedup.spans", "value": float(len(spans))}]
             row["token_count"] = len(row["text"].split())
         kept.append(row)
     run = Path(run_dir)
     if kept:
         _write(pa.Table.from_pylist(kept, schema=KEPT_SCHEMA), run / "data" / name, compression)
     if rejected:
-        _write(pa.Table.from_pylist(rejected, schema=REJECTED_SCHEMA),
+        _write(rows_to_table(rejected, REJECTED_SCHEMA),
                run / "rejected" / f"dedup-{name}", compression)
     if span_rows:
         _write(pa.Table.from_pylist(span_rows, schema=SPAN_SCHEMA), run / "spans" / name,

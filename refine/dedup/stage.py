@@ -1,5 +1,9 @@
 """Stages 8-10 over a whole run: reads the filtered shards, writes data/, rejected/, spans/.
 
+Applied in the order fuzzy (8), URL (10), exact substrings (9): URL dedup keeps the longest text
+per URL before any cut, so exact dedup only ever cuts a passage in favour of a document that
+stays kept (the other order could remove the one kept copy of a passage).
+
 Knows nothing of Ray: the caller passes `map_tasks(step, fn, argument_tuples) -> results in
 order`,
 which `refine.dag` runs as Ray tasks (tests may pass a plain loop). Only band keys, ids and
@@ -115,11 +119,25 @@ def run_dedup(run_dir: Path, config: DedupConfig, rejected_text_chars: int, comp
         log.info("fuzzy dedup: %d near-duplicates in %d clusters", len(removals),
                  survivors.clusters)
 
+    # URL dedup (stage 10) is decided before exact substrings (stage 9), on the texts before any
+    # cut: a passage is then only ever cut in favour of a document that stays kept.
+    alive = np.ones(total, dtype=bool)
+    alive[list(removals)] = False
+    if config.urls.enabled:
+        started_urls = time.process_time()
+        stage = stages["url_dedup"] = _stage(int(alive.sum()))
+        decision = decide(url_hash, alive, rank, read_url_sets(config.urls.previous_runs))
+        for doc in np.flatnonzero(decision.duplicate_of >= 0).tolist():
+            removals[doc] = Removal("url_dedup", "duplicate_url",
+                                    ids[int(decision.duplicate_of[doc])])
+        for doc, earlier_id in decision.earlier_run_id.items():
+            removals[doc] = Removal("url_dedup", "url_in_earlier_run", earlier_id)
+        alive[list(removals)] = False
+        stage["cpu_s"] = time.process_time() - started_urls
+
     spans_by_doc: dict[int, list] = {}
     final_chars = chars.copy()
     if config.exact.enabled:
-        alive = np.ones(total, dtype=bool)
-        alive[list(removals)] = False
         stage = stages["exact_dedup"] = _stage(int(alive.sum()))
         ranges = partition_ranges(chars, alive, config.exact.partition_bytes)
         tasks = []
@@ -142,26 +160,13 @@ def run_dedup(run_dir: Path, config: DedupConfig, rejected_text_chars: int, comp
                      chars_cut=int((chars - final_chars)[list(spans_by_doc)].sum()))
         log.info("exact substring dedup: %d spans cut from %d documents, %d dropped", spans_cut,
                  len(spans_by_doc), sum(r.stage == "exact_dedup" for r in removals.values()))
+        for doc in [d for d in spans_by_doc if d in removals]:
+            del spans_by_doc[doc]  # dropped as too short after its cuts: the row keeps its text
 
-    alive = np.ones(total, dtype=bool)
-    alive[list(removals)] = False
     if config.urls.enabled:
-        started_urls = time.process_time()
-        stage = stages["url_dedup"] = _stage(int(alive.sum()))
-        url_rank = preference_order(final_chars, id_hash)
-        decision = decide(url_hash, alive, url_rank, read_url_sets(config.urls.previous_runs))
-        for doc in np.flatnonzero(decision.duplicate_of >= 0).tolist():
-            removals[doc] = Removal("url_dedup", "duplicate_url",
-                                    ids[int(decision.duplicate_of[doc])])
-        for doc, earlier_id in decision.earlier_run_id.items():
-            removals[doc] = Removal("url_dedup", "url_in_earlier_run", earlier_id)
         alive[list(removals)] = False
         write_url_set(run_dir, url_hash, ids.array, alive)
-        stage["cpu_s"] = time.process_time() - started_urls
 
-    for doc in list(spans_by_doc):
-        if doc in removals:
-            del spans_by_doc[doc]  # removed later (URL dedup): its cuts are moot
     edits = [ShardEdits() for _ in shards]
     shard_of = np.searchsorted(offsets, np.arange(total), side="right") - 1
     for doc, removal in removals.items():

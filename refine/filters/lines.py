@@ -2,11 +2,14 @@
 
 Each non-blank line is dropped when it is mostly uppercase, only numeric (no letter at all:
 digits, punctuation, symbols and whitespace only), a counter ("3 likes", "Views: 1,234") or a
-single word. A short line (at most `short_line_max_words` words) is also stripped of
-navigation/boilerplate phrases at its start or end; the rest of it is checked again by the rules
-above, and the line is dropped if nothing remains. The document is dropped when the words removed
-exceed `max_removed_word_frac` of its words. When kept, its text is rewritten with the kept lines
-(runs of blank lines left by removals collapse to one blank line).
+single word. A short line (at most `short_line_max_words` words) is also edited, with the paper's
+three kinds of pattern: `boilerplate_phrases` are removed at its start ("sign in") or end ("read
+more"), `boilerplate_anywhere_phrases` wherever they occur ("items in cart"); the rest of it is
+checked again by the rules above, and the line is dropped if nothing remains. The document is
+dropped when the words of its flagged lines (removed or edited: every word of such a line
+counts, as the paper measures "the corrections") exceed `max_removed_word_frac` of its words.
+When kept, its text is rewritten with the kept lines (runs of blank lines left by removals
+collapse to one blank line).
 """
 
 from __future__ import annotations
@@ -35,8 +38,7 @@ DEFAULT_BOILERPLATE_PHRASES = (
     "sign in", "sign-in", "sign up", "sign-up", "log in", "log-in", "login", "log out", "logout",
     "create an account", "my account", "forgot your password?", "forgot password",
     "read more", "continue reading", "read full article", "read the full article",
-    "items in cart", "item in cart", "view cart", "your cart is empty",
-    "add to cart", "add to wishlist", "skip to content", "skip to main content",
+    "skip to content", "skip to main content",
     "skip to navigation", "jump to navigation", "toggle navigation", "share this",
     "share this article", "share this post", "share on facebook", "share on twitter",
     "click here", "back to top", "scroll to top", "subscribe", "subscribe now",
@@ -45,6 +47,12 @@ DEFAULT_BOILERPLATE_PHRASES = (
     "posted in", "cookie policy", "accept cookies", "we use cookies", "privacy policy",
     "terms of use", "terms and conditions", "all rights reserved", "jump to search",
     "login to comment", "log in to comment", "log in to reply",
+)  # fmt: skip
+
+# Removed wherever they occur in a short line (the paper's example: "items in cart").
+DEFAULT_ANYWHERE_PHRASES = (
+    "items in cart", "item in cart", "items in your cart", "view cart", "your cart is empty",
+    "add to cart", "add to wishlist", "add to basket",
 )  # fmt: skip
 
 _SEPARATORS = "\\s|·•»«>/:–—-"  # chars (regex class body) that join phrases to the line's rest
@@ -99,8 +107,11 @@ class LineCorrectionConfig(BaseModel):
     boilerplate_phrases: list[str] = Field(
         default_factory=lambda: list(DEFAULT_BOILERPLATE_PHRASES)
     )
+    boilerplate_anywhere_phrases: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_ANYWHERE_PHRASES)
+    )
 
-    @field_validator("boilerplate_phrases")
+    @field_validator("boilerplate_phrases", "boilerplate_anywhere_phrases")
     @classmethod
     def _phrases(cls, v: list[str]) -> list[str]:
         return _word_list(v)
@@ -152,6 +163,10 @@ class LineCorrectionFilter:
             ).match
         else:
             self._bp_start = self._bp_end = None
+        anywhere = _alternation(c.boilerplate_anywhere_phrases)
+        self._bp_anywhere = re.compile(
+            rf"[,;{_SEPARATORS}]*(?<![^\W_])(?:{anywhere})(?![^\W_])[,;{_SEPARATORS}]*", re.I
+        ).subn if anywhere else None
         self._keys = {
             **{r: f"{self.name}.{r}_lines" for r in RULES},
             "removed_word_frac": f"{self.name}.removed_word_frac",
@@ -176,21 +191,29 @@ class LineCorrectionFilter:
         return None
 
     def _strip_boilerplate(self, line: str) -> str | None:
-        """`line` without boilerplate phrases at its ends, or None when it has none."""
-        if self._bp_start is None:
-            return None
-        m = self._bp_start(line)
-        rest = line[m.end() :] if m else line
-        e = self._bp_end(rest[::-1])
-        if e:
-            rest = rest[: len(rest) - e.end()]
-        return rest if (m or e) else None
+        """`line` without boilerplate phrases (at its ends, or anywhere for the anywhere
+        phrases), or None when it has none."""
+        edited = False
+        rest = line
+        if self._bp_start is not None:
+            m = self._bp_start(rest)
+            if m:
+                rest = rest[m.end() :]
+            e = self._bp_end(rest[::-1])
+            if e:
+                rest = rest[: len(rest) - e.end()]
+            edited = bool(m or e)
+        if self._bp_anywhere is not None:
+            rest, found = self._bp_anywhere(" ", rest)
+            edited = edited or found > 0
+        return rest if edited else None
 
     def correct_lines(self, text: str) -> tuple[str, int, dict[str, int]]:
         """Apply the line rules to `text`.
 
-        Returns (corrected text, words removed, counts) where counts has the lines removed per
-        rule in `RULES` and ``"edited"``, the lines kept with a boilerplate phrase stripped.
+        Returns (corrected text, words of flagged lines, counts) where counts has the lines
+        removed per rule in `RULES` and ``"edited"``, the lines kept with a boilerplate phrase
+        stripped. Every word of an edited line counts as corrected, as the paper counts.
         The text is returned unchanged (the same object) when no line is removed or edited."""
         counts = dict.fromkeys((*RULES, "edited"), 0)
         out: list[str] = []
@@ -208,7 +231,7 @@ class LineCorrectionFilter:
                     rule = self._drop_rule(rest, n_rest) if n_rest else "boilerplate"
                     if rule is None:
                         counts["edited"] += 1
-                        removed += n - n_rest
+                        removed += n
                         line = rest.strip()
             if rule is None:
                 out.append(line)

@@ -34,12 +34,13 @@ class QualityConfig(BaseModel):
     max_words: int = Field(100_000, ge=1)
     min_mean_word_len: float = Field(3.0, ge=0.0)
     max_mean_word_len: float = Field(10.0, gt=0.0)
-    max_symbol_word_ratio: float = Field(0.1, ge=0.0)
+    max_hash_word_ratio: float = Field(0.1, ge=0.0)
+    max_ellipsis_word_ratio: float = Field(0.1, ge=0.0)
     max_bullet_line_frac: float = Field(0.9, ge=0.0, le=1.0)
     max_ellipsis_line_frac: float = Field(0.3, ge=0.0, le=1.0)
     min_alpha_word_frac: float = Field(0.8, ge=0.0, le=1.0)
     stop_words: list[str] = Field(default_factory=lambda: list(DEFAULT_STOP_WORDS))
-    min_stop_words: int = Field(2, ge=0)  # 0 disables the stop-word check
+    min_stop_words: int = Field(2, ge=0)  # different stop words; 0 disables the check
 
     @field_validator("stop_words")
     @classmethod
@@ -67,7 +68,8 @@ THRESHOLDS = (
     Threshold(_Q + "n_words", "max_words", "max", "too_many_words", integer=True),
     Threshold(_Q + "mean_word_len", "min_mean_word_len", "min", "mean_word_len"),
     Threshold(_Q + "mean_word_len", "max_mean_word_len", "max", "mean_word_len"),
-    Threshold(_Q + "symbol_word_ratio", "max_symbol_word_ratio", "max", "symbol_word_ratio"),
+    Threshold(_Q + "hash_word_ratio", "max_hash_word_ratio", "max", "hash_word_ratio"),
+    Threshold(_Q + "ellipsis_word_ratio", "max_ellipsis_word_ratio", "max", "ellipsis_word_ratio"),
     Threshold(_Q + "bullet_line_frac", "max_bullet_line_frac", "max", "bullet_line_frac"),
     Threshold(_Q + "ellipsis_line_frac", "max_ellipsis_line_frac", "max", "ellipsis_line_frac"),
     Threshold(_Q + "alpha_word_frac", "min_alpha_word_frac", "min", "alpha_word_frac"),
@@ -78,10 +80,13 @@ THRESHOLDS = (
 class QualityFilter:
     """Gopher quality heuristics.
 
-    Metrics (``gopher_quality.`` + ): n_words, mean_word_len, symbol_word_ratio, bullet_line_frac,
-    ellipsis_line_frac, alpha_word_frac, stop_words. Reasons, checked in this order:
-    too_few_words, too_many_words, mean_word_len, symbol_word_ratio, bullet_line_frac,
-    ellipsis_line_frac, alpha_word_frac, stop_words.
+    Metrics (``gopher_quality.`` + ): n_words, mean_word_len, hash_word_ratio,
+    ellipsis_word_ratio, bullet_line_frac, ellipsis_line_frac, alpha_word_frac, stop_words (the
+    number of *different* stop words present: Gopher asks for "at least two of" them). Reasons,
+    checked in this order: too_few_words, too_many_words, mean_word_len, hash_word_ratio,
+    ellipsis_word_ratio, bullet_line_frac, ellipsis_line_frac, alpha_word_frac, stop_words.
+    The '#' and ellipsis ratios are two checks, as the paper states ("greater than 0.1 for
+    either the hash symbol or the ellipsis"), not one summed ratio.
     """
 
     name = "gopher_quality"
@@ -94,7 +99,8 @@ class QualityFilter:
             for k in (
                 "n_words",
                 "mean_word_len",
-                "symbol_word_ratio",
+                "hash_word_ratio",
+                "ellipsis_word_ratio",
                 "bullet_line_frac",
                 "ellipsis_line_frac",
                 "alpha_word_frac",
@@ -116,18 +122,20 @@ class QualityFilter:
         bullet = sum(map(str.startswith, lines, repeat(BULLETS))) / n_lines
         ellipsis = sum(map(str.endswith, lines, repeat(ELLIPSES))) / n_lines
         if n_words:
-            symbols = (text.count("#") + text.count("...") + text.count("…")) / n_words
+            hashes = text.count("#") / n_words
+            ellipses = (text.count("...") + text.count("…")) / n_words
             alpha = sum(map(bool, map(_has_alpha, words))) / n_words
         else:
-            symbols, alpha = 0.0, 0.0
-        n_stop = sum(map(self._stop.__contains__, map(str.lower, stripped)))
+            hashes, ellipses, alpha = 0.0, 0.0, 0.0
+        n_stop = len(self._stop.intersection(map(str.lower, stripped)))
 
         k = self._k
         doc.metrics.update(
             {
                 k["n_words"]: float(n_words),
                 k["mean_word_len"]: mean_len,
-                k["symbol_word_ratio"]: symbols,
+                k["hash_word_ratio"]: hashes,
+                k["ellipsis_word_ratio"]: ellipses,
                 k["bullet_line_frac"]: bullet,
                 k["ellipsis_line_frac"]: ellipsis,
                 k["alpha_word_frac"]: alpha,
@@ -140,8 +148,10 @@ class QualityFilter:
             return "too_many_words"
         if not c.min_mean_word_len <= mean_len <= c.max_mean_word_len:
             return "mean_word_len"
-        if symbols > c.max_symbol_word_ratio:
-            return "symbol_word_ratio"
+        if hashes > c.max_hash_word_ratio:
+            return "hash_word_ratio"
+        if ellipses > c.max_ellipsis_word_ratio:
+            return "ellipsis_word_ratio"
         if bullet > c.max_bullet_line_frac:
             return "bullet_line_frac"
         if ellipsis > c.max_ellipsis_line_frac:

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from refine.report import whatif
 from refine.report.columns import metric_arrays, word_counts
 from refine.report.examples import Reservoir, highlights
+from refine.shards import metrics_dict
 from refine.stats import DEDUP_STAGES, STAGES, load_parts, merge
 
 log = logging.getLogger("refine.report")
@@ -181,7 +182,8 @@ def _scan_rejected(run: Path, config: dict[str, Any], keys: dict[str, list[str]]
 def _example(row: dict[str, Any], stage: str, reason: str, config: dict[str, Any]) -> dict:
     text = (row.get("text") or "")[:EXAMPLE_CHARS]
     prefix = STAGE_METRIC_PREFIX.get(stage)
-    metrics = {k: v for k, v in (row.get("metrics") or []) if prefix and k.startswith(prefix)}
+    metrics = {k: v for k, v in metrics_dict(row.get("metrics")).items()
+               if prefix and k.startswith(prefix)}
     return {"id": row.get("id"), "url": row.get("url"), "language": row.get("language"),
             "duplicate_of": row.get("duplicate_of"), "text": text,
             "text_chars": row.get("text_chars") or len(text), "metrics": metrics,

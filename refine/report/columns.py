@@ -1,4 +1,4 @@
-"""Vectorised reads of the run's Parquet columns: metrics maps to arrays, word counts."""
+"""Vectorised reads of the run's Parquet columns: metrics entries to arrays, word counts."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ def word_counts(text: pa.Array) -> np.ndarray:
 
 
 def metric_arrays(metrics: pa.Array, keys: list[str]) -> dict[str, np.ndarray]:
-    """One float64 array per key from a map<string, float64> column; NaN where a row lacks it."""
+    """One float64 array per key from a metrics column (list of {key, value}, or a map);
+    NaN where a row lacks it."""
     if isinstance(metrics, pa.ChunkedArray):
         metrics = metrics.combine_chunks()
     n = len(metrics)
@@ -28,8 +29,11 @@ def metric_arrays(metrics: pa.Array, keys: list[str]) -> dict[str, np.ndarray]:
     offsets = metrics.offsets.to_numpy(zero_copy_only=False)
     lengths = np.diff(offsets)
     first, count = int(offsets[0]), int(offsets[-1] - offsets[0])
-    flat_names, flat_values = metrics.keys, metrics.items
-    if len(flat_names) != count:  # the children of a sliced map array are not sliced
+    if isinstance(metrics, pa.MapArray):
+        flat_names, flat_values = metrics.keys, metrics.items
+    else:
+        flat_names, flat_values = metrics.values.field("key"), metrics.values.field("value")
+    if len(flat_names) != count:  # the children of a sliced list array are not sliced
         flat_names, flat_values = flat_names.slice(first, count), flat_values.slice(first, count)
     if len(flat_names) == 0:
         return out
