@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from refine.config import RunConfig
 from refine.filters import language, lines, quality, repetition
 from refine.shards import KEPT_SCHEMA, METRICS, REJECTED_SCHEMA
-from refine.stats import merge
+from refine.stats import DEDUP_STAGES, merge
 
 _VOCABULARY = ("the of and to in a is that for it as was with be by on not he this are or his "
                "from at which but have an they you were her she there been one all we their has "
@@ -66,7 +66,8 @@ def _metrics(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     q = "gopher_quality."
     m[q + "n_words"] = np.floor(rng.lognormal(5.5, 1.1, n))
     m[q + "mean_word_len"] = rng.normal(4.8, 0.9, n)
-    m[q + "symbol_word_ratio"] = rng.exponential(0.01, n)
+    m[q + "hash_word_ratio"] = rng.exponential(0.005, n)
+    m[q + "ellipsis_word_ratio"] = rng.exponential(0.005, n)
     m[q + "bullet_line_frac"] = np.clip(rng.beta(0.4, 4, n), 0, 1)
     m[q + "ellipsis_line_frac"] = np.clip(rng.beta(0.3, 8, n), 0, 1)
     m[q + "alpha_word_frac"] = np.clip(rng.beta(30, 2, n), 0, 1)
@@ -194,8 +195,8 @@ def _write_unit(run: Path, k: int, path: str, stage: np.ndarray, reason: np.ndar
                         "bytes_out": (alive - dropped) * 5000}
         rejected.update({f"{name}.{r}": c for r, c in by_reason.items()})
         alive -= dropped
-    dedup = stage[np.isin(stage, ["fuzzy_dedup", "exact_dedup", "url_dedup"])]
-    dedup_reasons = reason[np.isin(stage, ["fuzzy_dedup", "exact_dedup", "url_dedup"])]
+    dedup = stage[np.isin(stage, list(DEDUP_STAGES))]
+    dedup_reasons = reason[np.isin(stage, list(DEDUP_STAGES))]
     dedup_inputs[path] = {}
     for s, r in zip(dedup, dedup_reasons, strict=True):
         key = f"{s}.{r}"
@@ -209,10 +210,9 @@ def _write_unit(run: Path, k: int, path: str, stage: np.ndarray, reason: np.ndar
 def _write_stats(run: Path, config: RunConfig, inputs: list[dict], dedup_inputs: dict,
                  stage: np.ndarray, reason: np.ndarray) -> None:
     units = {i["path"]: 1 for i in inputs}
-    after_lines = int((stage == "").sum() + np.isin(stage, ["fuzzy_dedup", "exact_dedup",
-                                                            "url_dedup"]).sum())
+    after_lines = int((stage == "").sum() + np.isin(stage, list(DEDUP_STAGES)).sum())
     dedup_stages, alive = {}, after_lines
-    for name in ("fuzzy_dedup", "exact_dedup", "url_dedup"):
+    for name in DEDUP_STAGES:
         mask = stage == name
         by_reason = {str(r): int((reason[mask] == r).sum()) for r in np.unique(reason[mask])}
         dedup_stages[name] = {"in": alive, "out": alive - int(mask.sum()),

@@ -32,7 +32,8 @@ REASONS = {
         "too_few_words",
         "too_many_words",
         "mean_word_len",
-        "symbol_word_ratio",
+        "hash_word_ratio",
+        "ellipsis_word_ratio",
         "bullet_line_frac",
         "ellipsis_line_frac",
         "alpha_word_frac",
@@ -48,7 +49,8 @@ COUNT_METRICS = {
     "line_corrections.lines_edited",
     *(f"line_corrections.{r}_lines" for r in RULES),
 }
-UNBOUNDED_METRICS = {"gopher_quality.mean_word_len", "gopher_quality.symbol_word_ratio"}
+UNBOUNDED_METRICS = {"gopher_quality.mean_word_len", "gopher_quality.hash_word_ratio",
+                     "gopher_quality.ellipsis_word_ratio"}
 
 
 @pytest.fixture(scope="module")

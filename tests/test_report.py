@@ -338,7 +338,7 @@ def test_demo_report_in_chromium(browser, refine_run, tmp_path):
         "r.querySelector('.docs').textContent])")
     expected = []
     for name in ("read", "url", "extract", "language", "repetition", "quality", "lines",
-                 "fuzzy_dedup", "exact_dedup", "url_dedup", "write"):
+                 "fuzzy_dedup", "url_dedup", "exact_dedup", "write"):
         remaining -= sum(stats["stages"][name]["rejected"].values())
         expected.append([name, str(remaining), f"{remaining:,}"])
     assert shown == expected
