@@ -46,7 +46,7 @@ demo: setup
 	$(PY) pretrain/train.py --config configs/pretrain/tiny.yaml \
 		--deepspeed_config configs/deepspeed/zero1.json --data $(DEMO)-tokens \
 		--output $(DEMO)-ckpt --steps 20 --tokenizer $(DEMO)-tokenizer
-	$(PY) -m pretrain.export $(DEMO)-ckpt $(DEMO)-hf --tokenizer $(DEMO)-hf-tokenizer
+	$(PY) -m pretrain.export $(DEMO)-ckpt $(DEMO)-hf   # the tokenizer the checkpoint recorded
 	$(PY) pretrain/finetune.py --init $(DEMO)-hf --task classify \
 		--data tests/data/finetune/msr_paraphrase_train.txt \
 		--eval_data tests/data/finetune/msr_paraphrase_test.txt --output $(DEMO)-mrpc \

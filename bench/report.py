@@ -31,8 +31,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from refine.accounting import check_run
 from refine.config import RunConfig
 from refine.filters import language, lines, quality, repetition
+from refine.run import KIND
 from refine.shards import KEPT_SCHEMA, METRICS, REJECTED_SCHEMA
 from refine.stats import DEDUP_STAGES, merge
 
@@ -224,8 +226,10 @@ def _write_stats(run: Path, config: RunConfig, inputs: list[dict], dedup_inputs:
 
     stats = merge(load_parts(run / "stats" / "units"), units, dedup)
     stats["config_hash"] = config.hash
+    check_run(run, stats)
     (run / "stats.json").write_text(json.dumps(stats, indent=1, sort_keys=True))
-    manifest = {"config": config.model_dump(mode="json"), "config_hash": config.hash,
+    manifest = {"kind": KIND, "config": config.model_dump(mode="json"),
+                "config_hash": config.hash,
                 "inputs": inputs, "versions": {}, "command": ["bench/report.py"],
                 "status": "complete"}
     (run / "manifest.json").write_text(json.dumps(manifest, indent=1))

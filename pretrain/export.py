@@ -10,6 +10,11 @@ directory, the tokenizer files. `pretrain.model.CausalLM` already uses Llama's p
 so the conversion is a dtype cast; it takes a plain state dict so that a consolidated DeepSpeed
 ZeRO checkpoint (a fp32 state dict) plugs in unchanged. `load_hf_model(OUT)` reads it back.
 
+`python -m pretrain.export CKPT OUT [--tokenizer TOK]` does this for a pretrain.train checkpoint
+(consolidated from its ZeRO shards). Without --tokenizer it writes the tokenizer the checkpoint
+recorded: pretrain.train's --tokenizer, else the one its token shards were made with
+(`recorded_tokenizer`); when neither is recorded it fails, asking for --tokenizer.
+
 Nothing here unpickles arbitrary objects: safetensors, or `torch.load(weights_only=True)`.
 """
 
@@ -224,16 +229,51 @@ def load_hf_model(path: str | Path) -> CausalLM:
     return model.eval()
 
 
-def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, tag: str | None = None,
-                      tokenizer_dir: str | Path | None = None) -> Path:
-    """Consolidate a DeepSpeed ZeRO checkpoint (stage 1, 2 or 3; CKPT as written by
-    `pretrain.train`) into fp32 and write it with `save_hf_model`. `tag`: a `global_step{N}`
-    directory of CKPT (default: the one CKPT/latest names). The model config comes from the
-    tag's train_state.json. Note: DeepSpeed's consolidation unpickles the checkpoint files
-    (torch.load of its optimizer shards), so only export checkpoints you trust."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+def _tokens_manifest(train_state: Mapping[str, Any]) -> tuple[Path | None, dict[str, Any]]:
+    """The token manifest the checkpoint trained on (its path and content; {} if unreadable)."""
+    from pretrain.tokenize import MANIFEST
 
-    checkpoint_dir = Path(checkpoint_dir)
+    if not train_state.get("tokens"):
+        return None, {}
+    path = Path(train_state["tokens"]) / MANIFEST
+    try:
+        return path, json.loads(path.read_text())
+    except (OSError, ValueError):
+        return path, {}
+
+
+def recorded_tokenizer(train_state: Mapping[str, Any], where: Path) -> Path:
+    """The tokenizer directory a checkpoint's train_state.json names: pretrain.train's
+    --tokenizer, else the one its token manifest (TOKENS/manifest.json, pretrain.tokenize)
+    was made with. Both are recorded as absolute paths, so they hold from any working
+    directory. The first that holds tokenizer.model wins, and must have the sha256 the
+    manifest recorded. Raises FileNotFoundError or ValueError, naming --tokenizer, when none
+    is recorded, none exists any more, or it is not the tokenizer of the token shards."""
+    from pretrain.files import sha256_file
+
+    manifest_path, manifest = _tokens_manifest(train_state)
+    recorded = manifest.get("tokenizer", {})
+    candidates = [Path(p) for p in (train_state.get("tokenizer"), recorded.get("path")) if p]
+    for candidate in candidates:
+        model_file = candidate / "tokenizer.model"
+        if not model_file.is_file():
+            continue
+        expected = recorded.get("model_sha256")
+        if expected and sha256_file(model_file) != expected:
+            raise ValueError(f"{candidate}, the tokenizer recorded by {where}, is not the one "
+                             f"{manifest_path} was made with (sha256 differs): pass --tokenizer")
+        return candidate
+    if not candidates:
+        raise FileNotFoundError(f"{where} recorded no tokenizer (trained without --tokenizer; "
+                                f"no tokenizer path in the token manifest {manifest_path}): "
+                                "pass --tokenizer TOK")
+    named = ", ".join(str(c) for c in candidates)
+    raise FileNotFoundError(f"the tokenizer {where} recorded ({named}) holds no "
+                            "tokenizer.model: pass --tokenizer TOK")
+
+
+def read_train_state(checkpoint_dir: Path, tag: str | None) -> tuple[str, dict[str, Any]]:
+    """The tag (default: the one CKPT/latest names) and its train_state.json."""
     if tag is None:
         latest = checkpoint_dir / "latest"
         if not latest.is_file():
@@ -242,8 +282,25 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, tag: str 
     state_file = checkpoint_dir / tag / "train_state.json"
     if not state_file.is_file():
         raise FileNotFoundError(f"{state_file} does not exist: not a pretrain.train checkpoint")
-    train_state = json.loads(state_file.read_text())
+    return tag, json.loads(state_file.read_text())
+
+
+def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, tag: str | None = None,
+                      tokenizer_dir: str | Path | None = None) -> Path:
+    """Consolidate a DeepSpeed ZeRO checkpoint (stage 1, 2 or 3; CKPT as written by
+    `pretrain.train`) into fp32 and write it with `save_hf_model`. `tag`: a `global_step{N}`
+    directory of CKPT (default: the one CKPT/latest names). The model config comes from the
+    tag's train_state.json, and so does the tokenizer when `tokenizer_dir` is None (see
+    `recorded_tokenizer`). Note: DeepSpeed's consolidation unpickles the checkpoint files
+    (torch.load of its optimizer shards), so only export checkpoints you trust."""
+    checkpoint_dir = Path(checkpoint_dir)
+    tag, train_state = read_train_state(checkpoint_dir, tag)
     model_config = ModelConfig(**train_state["model"])
+    if tokenizer_dir is None:
+        tokenizer_dir = recorded_tokenizer(train_state, checkpoint_dir / tag)
+        log.info("tokenizer: %s (recorded by the checkpoint)", tokenizer_dir)
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
     log.info("consolidating %s (ZeRO stage %s, step %s)", checkpoint_dir / tag,
              train_state.get("zero_stage"), train_state.get("step"))
     state_dict = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag)
@@ -259,18 +316,18 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m pretrain.export",
         description="Export a pretrain.train DeepSpeed checkpoint (any ZeRO stage) as a "
                     "transformers LlamaForCausalLM directory: config.json, model.safetensors "
-                    "(fp32) and, with --tokenizer, the tokenizer files.")
+                    "(fp32) and the tokenizer files.")
     parser.add_argument("checkpoint", type=Path, help="CKPT: the --output of pretrain.train")
     parser.add_argument("out", type=Path, help="directory to write")
     parser.add_argument("--tag", default=None,
                         help="checkpoint tag, e.g. global_step200 (default: CKPT/latest)")
     parser.add_argument("--tokenizer", type=Path, default=None,
-                        help="TOK or HF_TOKENIZER directory whose tokenizer is written along")
+                        help="TOK or HF_TOKENIZER directory whose tokenizer is written along "
+                             "(default: the one the checkpoint recorded: pretrain.train's "
+                             "--tokenizer, else the one its token shards were made with)")
     args = parser.parse_args(argv)
     setup_logging()
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    if args.tokenizer is None:
-        log.warning("no --tokenizer: %s gets no tokenizer files", args.out)
     try:
         export_checkpoint(args.checkpoint, args.out, args.tag, args.tokenizer)
     except (FileNotFoundError, ValueError) as error:

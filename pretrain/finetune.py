@@ -6,9 +6,10 @@
 
 INIT is an exported directory (`python -m pretrain.export`: config.json, model.safetensors,
 tokenizer files) or a pretrain.train checkpoint directory CKPT (consolidated from its ZeRO
-shards in memory, as pretrain.export does; its tokenizer from --tokenizer or the path its
-train_state.json recorded). The tokenizer is the SentencePiece model (tokenizer.model) of INIT
-(or --tokenizer): the pretraining ids. Data formats: see pretrain.finetune_data.
+shards in memory, as pretrain.export does; its tokenizer from --tokenizer or the one it
+recorded, as pretrain.export finds it). The tokenizer is the SentencePiece model
+(tokenizer.model) of INIT (or --tokenizer), encoding as pretrain.tokenize does
+(`pretrain.codec.LosslessTokenizer`): the pretraining ids. Data formats: see pretrain.finetune_data.
 
 The engine is pretrain.train's (same DeepSpeed JSON filling, AdamW groups, warmup + cosine lr),
 built from this command's flags instead of a YAML. Before and after training the model is
@@ -40,8 +41,15 @@ from typing import Any
 import torch
 
 from pretrain.classifier import SequenceClassifier, classification_metrics, save_classifier
+from pretrain.codec import LosslessTokenizer
 from pretrain.config import ConfigError, TrainingConfig, parse
-from pretrain.export import CONFIG_FILE, hf_state_dict, load_hf_model, save_hf_model
+from pretrain.export import (
+    CONFIG_FILE,
+    hf_state_dict,
+    load_hf_model,
+    recorded_tokenizer,
+    save_hf_model,
+)
 from pretrain.files import write_json
 from pretrain.finetune_data import PAD_ID, READERS, Example, collate
 from pretrain.model import CausalLM, ModelConfig
@@ -122,10 +130,12 @@ def load_init(init: Path, tokenizer: Path | None, tag: str | None) -> tuple[Caus
     weights = hf_state_dict(get_fp32_state_dict_from_zero_checkpoint(str(init), tag=tag), config)
     model = CausalLM(config)
     model.load_state_dict(weights, strict=not config.tie_word_embeddings)
-    tokenizer = tokenizer or (Path(state["tokenizer"]) if state.get("tokenizer") else None)
-    if tokenizer is None:
-        raise ConfigError(f"{init}/{tag} recorded no tokenizer: pass --tokenizer")
-    return model, tokenizer
+    if tokenizer is not None:
+        return model, tokenizer
+    try:
+        return model, recorded_tokenizer(state, init / tag)
+    except (FileNotFoundError, ValueError) as error:
+        raise ConfigError(str(error)) from error
 
 
 def micro_batches(examples: list[Example], micro: int, rank: int, world_size: int,
@@ -189,12 +199,10 @@ def finetune(args: argparse.Namespace) -> dict[str, Any]:
     if training.seq_len > lm.config.max_position_embeddings:
         raise ConfigError(f"--seq_len {training.seq_len} > the model's max_position_embeddings "
                           f"{lm.config.max_position_embeddings}")
-    import sentencepiece as spm
-
-    sp = spm.SentencePieceProcessor(model_file=str(tokenizer_dir / "tokenizer.model"))
+    tokenizer = LosslessTokenizer.load(tokenizer_dir)
     read = READERS[args.task]
-    train_data = read(args.data, sp.encode, training.seq_len)
-    eval_data = read(args.eval_data or args.data, sp.encode, training.seq_len)
+    train_data = read(args.data, tokenizer.encode, training.seq_len)
+    eval_data = read(args.eval_data or args.data, tokenizer.encode, training.seq_len)
     if not train_data or not eval_data:
         raise ConfigError(f"no usable examples in {args.data} or {args.eval_data}")
     majority, num_labels = None, None

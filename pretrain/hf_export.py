@@ -31,6 +31,13 @@ order; merges = every split of a normal piece into two pieces, ranked by the pie
 models). No BOS/EOS is added by default: the token shards hold documents followed by EOS and
 no BOS, so `tokenizer(text).input_ids` equals `sp.encode(text)`.
 
+A literal U+2581 "▁" in the text. `pretrain.codec.LosslessTokenizer` (how the token shards are
+made) encodes it as the byte pieces <0xE2><0x96><0x81>; tokenizer.json's decoder turns those back
+into the literal character (tested), so decode is exact for our ids. Its encode cannot do the
+same: like SentencePiece's own encode, it reads a literal U+2581 as a space, so for text that
+contains U+2581 `tokenizer(text).input_ids` equals `sp.encode(text)`, not the shards' ids, and
+decodes with spaces in its place. For text without U+2581 all three agree.
+
 Special tokens: "<unk>", "<s>", "</s>" written literally in a text are matched as special tokens
 by `transformers` (as in chat templates), whereas SentencePiece spells them out piece by piece.
 """

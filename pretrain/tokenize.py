@@ -6,12 +6,15 @@ Work is partitioned by input Parquet file: one job per file, run on a pool of Ra
 each load the SentencePiece model once. Each job streams its file in record batches, encodes
 every document followed by EOS (no BOS), and writes its own outputs atomically (temp name,
 then os.replace). Output therefore depends only on the data, the tokenizer and the validation
-fraction: byte-identical across reruns and any number of workers.
+fraction: byte-identical across reruns and any number of workers. Encoding is
+`pretrain.codec.LosslessTokenizer`'s: SentencePiece's ids, except that a literal U+2581 becomes
+its byte pieces, so every document decodes back to its exact text.
 
 Layout of TOKENS/ (the contract `pretrain.dataset` reads):
 
-    manifest.json                 format, dtype, tokenizer sha256, source run config hash,
-                                  split rule, per-shard documents/tokens/sha256, totals
+    manifest.json                 format, dtype, tokenizer (absolute path, sha256, encoding),
+                                  source run config hash, split rule, per-shard
+                                  documents/tokens/sha256, totals
     train/{shard}.bin             token ids, little-endian uint16 (uint32 if the vocab has more
                                   than 65,536 pieces), each document's ids then EOS, back to back
     train/{shard}.idx.npy         int64 offsets (in tokens) of each document's start, plus the end:
@@ -40,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from pretrain.codec import ENCODING, LosslessTokenizer
 from pretrain.files import parquet_files, setup_logging, sha256_file, source_info, write_json
 from pretrain.tokenizer import MODEL_FILE, load_metadata
 
@@ -106,9 +110,7 @@ class ShardEncoder:
     """Ray actor: loads the SentencePiece model once, encodes whole Parquet files."""
 
     def __init__(self, model_proto: bytes, dtype: str, val_fraction: float, batch_rows: int):
-        import sentencepiece as spm
-
-        self.processor = spm.SentencePieceProcessor(model_proto=model_proto)
+        self.tokenizer = LosslessTokenizer(model_proto)
         self.dtype = np.dtype(dtype).newbyteorder("<")
         self.val_fraction = val_fraction
         self.batch_rows = batch_rows
@@ -126,7 +128,7 @@ class ShardEncoder:
             ids, texts = batch.column("id").to_pylist(), batch.column("text").to_pylist()
             characters += sum(map(len, texts))
             tick = time.monotonic()
-            encoded = self.processor.encode(texts, add_eos=True, num_threads=1)
+            encoded = self.tokenizer.encode_batch(texts, add_eos=True, num_threads=1)
             encode_s += time.monotonic() - tick
             val = [is_validation(doc_id, self.val_fraction) for doc_id in ids]
             writers["train"].add([e for e, v in zip(encoded, val, strict=True) if not v])
@@ -206,16 +208,14 @@ def tokenize_run(data_dir: Path, tokenizer_dir: Path, out_dir: Path, val_fractio
                  workers: int | None = None, address: str | None = None, dtype: str = "auto",
                  batch_rows: int = 256, overwrite: bool = False) -> TokenizeResult:
     """Encode every Parquet file of `data_dir` into TOKENS (`out_dir`); write the manifest."""
-    import sentencepiece as spm
-
     started = time.monotonic()
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError("val_fraction must be in [0, 1)")
     files = parquet_files(data_dir)
     model_file = Path(tokenizer_dir) / MODEL_FILE
     model_proto = model_file.read_bytes()
-    processor = spm.SentencePieceProcessor(model_proto=model_proto)
-    vocab_size = processor.get_piece_size()
+    processor = LosslessTokenizer(model_proto)
+    vocab_size = processor.piece_size()
     np_dtype = token_dtype(vocab_size, dtype)
     _prepare_out(out_dir, overwrite)
     summaries = _run_actors(files, out_dir, model_proto, np_dtype.name, val_fraction, workers,
@@ -233,7 +233,8 @@ def tokenize_run(data_dir: Path, tokenizer_dir: Path, out_dir: Path, val_fractio
         "bos_id": processor.bos_id(),
         "bos_added": False,
         "vocab_size": vocab_size,
-        "tokenizer": {"model_sha256": sha256_file(model_file),
+        "tokenizer": {"path": str(Path(tokenizer_dir).resolve()),
+                      "model_sha256": sha256_file(model_file), "encoding": ENCODING,
                       "trained_on_run_config_hash":
                           tokenizer_meta.get("source", {}).get("run_config_hash")},
         "source": source_info(data_dir),

@@ -11,9 +11,12 @@ That is a uniform sample without replacement that depends only on the seed and t
 shard order), and memory stays bounded by the budget however large the corpus is.
 
 The model (Llama settings): BPE, byte_fallback, split_digits, identity normalisation (no NFKC),
-`add_dummy_prefix`, extra whitespace kept, unk/bos/eos = 0/1/2, no pad. So decode(encode(text))
-== text for any text without U+2581 "▁" (which SentencePiece reads back as a space, as Llama's
-tokenizer does).
+`add_dummy_prefix`, extra whitespace kept, unk/bos/eos = 0/1/2, no pad. Plain SentencePiece
+gives decode(encode(text)) == text only for text without U+2581 "▁": it reads that character as
+its whitespace symbol, so it comes back as a space (as in Llama's tokenizer). Encode and decode
+with `pretrain.codec.LosslessTokenizer` instead, as everything in `pretrain` does: its round
+trip is exact for every text (a literal U+2581 becomes the byte pieces <0xE2><0x96><0x81>, which
+decode to that character), and its ids for text without U+2581 are SentencePiece's own.
 
 TOK/ holds `tokenizer.model`, `tokenizer.vocab` and `metadata.json` (the source
 data and the refine run's config hash, the sample, trainer options, the model's sha256).

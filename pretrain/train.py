@@ -20,7 +20,8 @@ is TokenDataset's: a seeded permutation read from `consumed_samples` on, so a re
 exactly the batches an uninterrupted one would.
 
 CKPT/ holds DeepSpeed checkpoints `global_step{N}/` (client state: step, consumed_samples,
-config, token manifest hash, world size; plus `train_state.json`, the same as JSON, written
+config, token manifest hash, world size, absolute paths of TOKENS and --tokenizer, which
+pretrain.export and pretrain.finetune read; plus `train_state.json`, the same as JSON, written
 before DeepSpeed's files), `latest` (DeepSpeed writes it after every file of the tag, so an
 interrupted save never becomes latest) and `metrics.csv` (one row per step and per evaluation).
 A rerun with the same CKPT resumes from `latest`.
@@ -490,10 +491,10 @@ def train(args: argparse.Namespace) -> int:
     def save(step: int) -> None:
         tag = f"global_step{step}"
         state = {"step": step, "consumed_samples": consumed, "model": model_config.model_dump(),
-                 "training": training.model_dump(), "tokens": str(args.data),
+                 "training": training.model_dump(), "tokens": str(args.data.resolve()),
                  "tokens_manifest_sha256": manifest_sha256, "world_size": world_size,
                  "zero_stage": stage,
-                 "tokenizer": str(args.tokenizer) if args.tokenizer else None}
+                 "tokenizer": str(args.tokenizer.resolve()) if args.tokenizer else None}
         if rank == 0:  # before DeepSpeed's files; `latest` comes after all of them
             (args.output / tag).mkdir(parents=True, exist_ok=True)
             write_json(args.output / tag / STATE_FILE, state)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,13 +37,16 @@ examples:
       --output runs/ablate-real-html
 """
 
-EXIT_OK, EXIT_ERROR, EXIT_STRICT = 0, 2, 3
+EXIT_OK, EXIT_ERROR, EXIT_STRICT, EXIT_INTERRUPTED = 0, 2, 3, 130
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="refine", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"refine {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error (errors in your input or setup are "
+                             "otherwise one line: 'error: ...')")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser(
@@ -57,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--output", "-o", required=True, metavar="RUN", help="run directory")
     run.add_argument("--address", default=None,
                      help="Ray cluster address ('auto' or host:port); default: start a local Ray")
+    run.add_argument("--connect-timeout", type=float, default=60.0, metavar="S",
+                     help="give up on an unreachable --address after S seconds (default: 60)")
     run.add_argument("--workers", type=int, default=2,
                      help="worker actors, each holding its models once (default: 2)")
     run.add_argument("--resume", action="store_true",
@@ -167,7 +173,8 @@ def _command_run(args: argparse.Namespace) -> int:
         steps[step].refresh()
 
     result = run(config, args.input, args.output, workers=args.workers, address=args.address,
-                 resume=args.resume, overwrite=args.overwrite, on_unit=on_unit, on_step=on_step)
+                 resume=args.resume, overwrite=args.overwrite, on_unit=on_unit, on_step=on_step,
+                 connect_timeout_s=args.connect_timeout)
     for step_bar in steps.values():
         step_bar.close()
     if bar is not None:
@@ -198,6 +205,7 @@ def format_summary(stats: dict[str, Any]) -> str:
     lines.append(f"\nread {docs['read']} documents: kept {docs['kept']} ({share:.1%}), "
                  f"rejected {docs['rejected']}; accounting "
                  f"{'OK' if stats['accounting_ok'] else 'FAILED'}")
+    lines.extend(f"  accounting: {problem}" for problem in stats.get("accounting_problems", []))
     if "last_launch" in stats:
         launch = stats["last_launch"]
         lines.append(f"this launch: {launch['units']} units in {launch['wall_s']:.1f} s "
@@ -206,6 +214,7 @@ def format_summary(stats: dict[str, Any]) -> str:
 
 
 def _command_stats(args: argparse.Namespace) -> int:
+    from refine.accounting import check_run
     from refine.report.collect import ReportError, load_stats
 
     run_dir = Path(args.run_dir)
@@ -214,6 +223,7 @@ def _command_stats(args: argparse.Namespace) -> int:
     try:
         if manifest_path.exists():  # checked against the per-unit files; stages in run order
             stats, notes = load_stats(run_dir, json.loads(manifest_path.read_text()))
+            check_run(run_dir, stats)  # the same verdict as the run's and the report's
         elif path.exists():
             stats = json.loads(path.read_text())
         else:
@@ -321,9 +331,30 @@ def main(argv: list[str] | None = None) -> int:
                 "ablate": _command_ablate, "blocklist": _command_blocklist}
     try:
         return handlers[args.command](args)
-    except (ConfigError, RunError, FileNotFoundError, IsADirectoryError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted. {_resume_hint(args)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ConfigError, RunError, OSError, ValueError) as error:
+        if args.debug:
+            raise
+        print(f"error: {_one_line(error)}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    if args.command != "run":
+        return "Nothing was changed that a rerun does not redo."
+    command = ["refine", "run", args.config, "--input", *args.input, "--output", args.output,
+               "--resume"]
+    return ("Finished units are kept; continue with:\n  "
+            + " ".join(shlex.quote(part) for part in command))
+
+
+def _one_line(error: BaseException) -> str:
+    """The message of a user-facing error; OSErrors name the file and the problem."""
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        return f"{error.filename}: {error.strerror}"
+    return str(error) or type(error).__name__
 
 
 if __name__ == "__main__":

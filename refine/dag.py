@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -49,6 +51,50 @@ def _loopback_only() -> None:
 
     os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False  # read at init time; ray may be imported already
+
+
+class RayConnectError(RuntimeError):
+    """The Ray cluster at --address cannot be reached or refuses us."""
+
+
+def _gcs_host_port(address: str) -> tuple[str, int] | None:
+    """host and port of `address` ("host:port", "ray://host:port"); None for "auto"."""
+    rest = address.split("://", 1)[-1]
+    host, colon, port = rest.rpartition(":")
+    if address == "auto" or not colon or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def connect_ray(address: str, timeout_s: float) -> None:
+    """Connect to the Ray cluster at `address`, giving up after `timeout_s` with a message
+    (Ray itself retries an unreachable address for ever)."""
+
+    target = _gcs_host_port(address)
+    if target is not None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                socket.create_connection(target, timeout=min(5.0, timeout_s)).close()
+                break
+            except OSError as error:
+                if time.monotonic() >= deadline:
+                    raise RayConnectError(
+                        f"cannot reach the Ray cluster at {address} ({error}) within "
+                        f"{timeout_s:.0f} s: is `ray start --head` running there, and is the "
+                        "address its GCS address (host:6379 by default)? --connect-timeout "
+                        "sets the wait") from None
+                time.sleep(1.0)
+    try:
+        init_ray(address)
+    except Exception as error:  # Ray raises ConnectionError, RuntimeError, auth errors...
+        hint = ""
+        if "auth" in str(error).lower() or "token" in str(error).lower():
+            hint = (" The cluster uses token authentication: set RAY_AUTH_TOKEN (or "
+                    "RAY_AUTH_TOKEN_PATH) to the cluster's token.")
+        raise RayConnectError(f"cannot connect to the Ray cluster at {address}: "
+                              f"{str(error).strip().splitlines()[0] if str(error) else error!r}."
+                              f"{hint}") from None
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import sys
@@ -15,15 +16,18 @@ from pathlib import Path
 from typing import Any
 
 from refine import __version__
+from refine.accounting import check_run
 from refine.atomic_file import write_json_atomic
 from refine.config import RunConfig
 from refine.dedup.stage import DEDUP_STATS, dedup_done, run_dedup
 from refine.filters.url import URLFilter
+from refine.lease import LEASE, Lease, LeaseError
 from refine.pipeline import DATA, FILTERED, PARTS, REJECTED, unit_done
 from refine.readers import Unit, expand_inputs, plan_units
 from refine.stats import load_parts, merge
 
 MANIFEST, STATS = "manifest.json", "stats.json"
+KIND = "refine-run"  # manifest.json's "kind": what --overwrite may delete
 
 
 class RunError(RuntimeError):
@@ -54,24 +58,61 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool, overwrite: bool) -> None:
-    manifest = run_dir / MANIFEST
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if overwrite and not manifest.exists():
-            raise RunError(f"refusing to --overwrite {run_dir}: it is not a refine run "
-                           f"(no {MANIFEST})")
+def _check_output(run_dir: Path) -> None:
+    """Fail before any work when the run directory cannot be one."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"output {run_dir} is a file, not a directory: choose another --output")
+    parent = next((p for p in (run_dir, *run_dir.parents) if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise RunError(f"cannot write the output {run_dir}: {parent} is not writable")
+
+
+def _read_manifest(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((run_dir / MANIFEST).read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError as error:
+        raise RunError(f"{run_dir / MANIFEST} is damaged ({error})") from None
+
+
+def _input_difference(previous: list[dict[str, Any]], files: list[tuple[str, int]]) -> str:
+    before = {(e["path"], e["size"]) for e in previous}
+    now = set(files)
+    lines = [f"  - {p} ({s} bytes)" for p, s in sorted(before - now)]
+    lines += [f"  + {p} ({s} bytes)" for p, s in sorted(now - before)]
+    return "\n".join(lines)
+
+
+def _prepare_run_dir(run_dir: Path, config: RunConfig, files: list[tuple[str, int]],
+                     resume: bool, overwrite: bool) -> None:
+    """Called with the lease held (the lease file is the one thing that may already be there)."""
+    contents = [p for p in run_dir.iterdir() if p.name != LEASE]
+    if contents:
+        manifest = _read_manifest(run_dir)
         if overwrite:
-            shutil.rmtree(run_dir)
+            if manifest is None or manifest.get("kind") != KIND:
+                raise RunError(f"refusing to --overwrite {run_dir}: it is not a refine run "
+                               f"(its {MANIFEST} does not say kind {KIND!r}); delete it yourself "
+                               "if you mean to")
+            for path in contents:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
         elif not resume:
             raise RunError(f"output {run_dir} is not empty: pass --resume to continue that run, "
                            "or --overwrite to replace it")
-        elif not manifest.exists():
-            raise RunError(f"cannot resume {run_dir}: it has no {MANIFEST}")
+        elif manifest is None or manifest.get("kind") != KIND:
+            raise RunError(f"cannot resume {run_dir}: it is not a refine run (no {MANIFEST} of "
+                           f"kind {KIND!r})")
         else:
-            previous = json.loads(manifest.read_text())["config_hash"]
+            previous = manifest["config_hash"]
             if previous != config.hash:
                 raise RunError(f"cannot resume {run_dir}: it was run with config {previous}, "
                                f"this config is {config.hash}; use a new --output")
+            difference = _input_difference(manifest["inputs"], files)
+            if difference:
+                raise RunError(f"cannot resume {run_dir} with other inputs (- in the run, + "
+                               f"given now):\n{difference}\nresume with the run's inputs, or "
+                               "use a new --output")
     for sub in (DATA, FILTERED, REJECTED, PARTS):
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
 
@@ -86,10 +127,12 @@ def largest_first(units: list[Unit], file_sizes: dict[str, int]) -> list[Unit]:
 def run(config: RunConfig, inputs: list[str], output: str | Path, workers: int = 2,
         address: str | None = None, resume: bool = False, overwrite: bool = False,
         on_unit: Callable[[dict[str, Any], int, int], None] | None = None,
-        on_step: Callable[[str, int, int], None] | None = None) -> RunResult:
+        on_step: Callable[[str, int, int], None] | None = None,
+        connect_timeout_s: float = 60.0) -> RunResult:
     """Stages 1-7 per unit, then the dedup stages; `on_unit(summary, done, total)` after each
-    unit, `on_step(step, done, total)` after each task of a whole-run step."""
-    from refine.dag import process_units
+    unit, `on_step(step, done, total)` after each task of a whole-run step. Everything that can
+    be checked before work (inputs, output, cluster address, the lease) is checked first."""
+    from refine.dag import RayConnectError, connect_ray
 
     started = time.monotonic()
     if workers < 1:
@@ -97,9 +140,35 @@ def run(config: RunConfig, inputs: list[str], output: str | Path, workers: int =
     files = expand_inputs(inputs)
     units = plan_units(files, config.read.chunk_bytes)
     run_dir = Path(output)
-    _prepare_run_dir(run_dir, config, resume, overwrite)
+    _check_output(run_dir)
+    if address:
+        try:
+            connect_ray(address, connect_timeout_s)
+        except RayConnectError as error:
+            raise RunError(str(error)) from None
+    try:
+        lease = Lease(run_dir, " ".join(["refine", *sys.argv[1:]])).acquire()
+    except LeaseError as error:
+        raise RunError(str(error)) from None
+    try:
+        return _run_leased(config, files, units, run_dir, lease, workers, address, resume,
+                           overwrite, on_unit, on_step, started)
+    except LeaseError as error:
+        raise RunError(str(error)) from None
+    finally:
+        lease.release()
+
+
+def _run_leased(config: RunConfig, files: list[tuple[str, int]], units: list[Unit],
+                run_dir: Path, lease: Lease, workers: int, address: str | None, resume: bool,
+                overwrite: bool, on_unit: Callable[[dict[str, Any], int, int], None] | None,
+                on_step: Callable[[str, int, int], None] | None, started: float) -> RunResult:
+    from refine.dag import process_units
+
+    _prepare_run_dir(run_dir, config, files, resume, overwrite)
     units_per_input = Counter(u.path for u in units)
     manifest: dict[str, Any] = {
+        "kind": KIND,
         "config": config.model_dump(mode="json"),
         "config_hash": config.hash,
         "inputs": [{"path": p, "size": s, "units": units_per_input[p]} for p, s in files],
@@ -115,11 +184,13 @@ def run(config: RunConfig, inputs: list[str], output: str | Path, workers: int =
     done, docs_this_launch = len(units) - len(pending), 0
     for summary in process_units(pending, config.model_dump_json(), str(run_dir), workers,
                                  address):
+        lease.check()
         done += 1
         docs_this_launch += summary["read"]
         if on_unit:
             on_unit(summary, done, len(units))
     dedup = None
+    lease.check()
     if config.dedup.enabled:
         if dedup_done(run_dir):
             dedup = json.loads((run_dir / DEDUP_STATS).read_text())
@@ -127,7 +198,9 @@ def run(config: RunConfig, inputs: list[str], output: str | Path, workers: int =
             dedup = run_dedup(run_dir, config.dedup, config.output.rejected_text_chars,
                               config.output.compression,
                               _step_mapper(workers, address, on_step))
+    lease.check()
     stats = merge(load_parts(run_dir / PARTS), dict(units_per_input), dedup)
+    check_run(run_dir, stats)  # accounting_ok: every input complete, counts and rows agree
     stats["config_hash"] = config.hash
     wall = time.monotonic() - started
     stats["last_launch"] = {"wall_s": round(wall, 3), "units": len(pending), "workers": workers,

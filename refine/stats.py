@@ -92,9 +92,6 @@ def merge(parts: list[dict[str, Any]], units_per_input: dict[str, int],
         stage["rejected"] = dict(sorted(stage["rejected"].items()))
     for entry in inputs.values():
         entry["complete"] = entry["units_done"] == entry["units"]
-        # OK only when every unit of the input was processed and every record is accounted for
-        entry["accounting_ok"] = (entry["complete"]
-                                  and entry["read"] == entry["kept"] + entry["rejected"])
         entry["by_reason"] = dict(sorted(entry["by_reason"].items()))
     order = {name: i for i, name in enumerate(STAGES[:-1] + DEDUP_STAGES + STAGES[-1:])}
     stages = dict(sorted(stages.items(), key=lambda item: order.get(item[0], len(order))))
@@ -103,7 +100,6 @@ def merge(parts: list[dict[str, Any]], units_per_input: dict[str, int],
     rejected = sum(e["rejected"] for e in inputs.values())
     return {
         "documents": {"read": read, "kept": kept, "rejected": rejected},
-        "accounting_ok": all(e["accounting_ok"] for e in inputs.values()),
         "stages": stages,
         "inputs": dict(sorted(inputs.items())),
         "records_by_type": dict(sorted(records_by_type.items())),

@@ -27,6 +27,7 @@ from pretrain.ablate.variants import (
     second_pass_config,
     training_rows,
 )
+from pretrain.codec import LosslessTokenizer
 from pretrain.model import CausalLM, ModelConfig
 from pretrain.tokenize import is_validation
 from refine.config import load_config
@@ -112,10 +113,10 @@ def test_bpb_of_a_uniform_causal_lm_is_log2_vocab_per_token_over_bytes():
     spm.SentencePieceTrainer.train(sentence_iterator=iter(lines[:100]), model_writer=model_bytes,
                                    vocab_size=500, model_type="bpe", byte_fallback=True,
                                    minloglevel=2)
-    processor = spm.SentencePieceProcessor(model_proto=model_bytes.getvalue())
-    texts = lines[100:103] + ["Ünïcode — bytes ≠ characters: 日本語."]
+    processor = LosslessTokenizer(model_bytes.getvalue())
+    texts = lines[100:103] + ["Ünïcode — bytes ≠ characters: 日本語 ▁literal▁."]
     data = encode_texts("news", ["a", "b", "c", "d"], texts, processor)
-    config = ModelConfig(vocab_size=processor.get_piece_size(), hidden_size=32,
+    config = ModelConfig(vocab_size=processor.piece_size(), hidden_size=32,
                          intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                          max_position_embeddings=32)
     model = CausalLM(config).eval()

@@ -2,7 +2,11 @@
 
 import io
 import json
+import os
 import pickle
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +15,7 @@ import torch
 from safetensors import safe_open
 
 from pretrain.export import (
+    export_checkpoint,
     hf_config,
     hf_state_dict,
     llama_shapes,
@@ -24,6 +29,9 @@ transformers = pytest.importorskip("transformers")
 
 TEXT = Path(__file__).parent / "data" / "text" / "lee-news-background.txt"
 SEQ = 192
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "configs" / "pretrain" / "tiny.yaml"
+ZERO1 = ROOT / "configs" / "deepspeed" / "zero1.json"
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +175,97 @@ def test_load_state_dict_safely_never_unpickles_objects(tmp_path):
     torch.save({"a": torch.zeros(1), "step": 3}, tmp_path / "mixed.pt")
     with pytest.raises(ValueError, match="not a state dict of tensors"):
         load_state_dict_safely(tmp_path / "mixed.pt")
+
+
+# --- a real pretrain.train checkpoint: export finds the tokenizer that training recorded -------
+
+def export_cli(checkpoint: Path, out: Path, *flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pretrain.export", str(checkpoint), str(out),
+                           *flags], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def trained(tokens_dir, tokenizer_dir, tmp_path_factory) -> Path:
+    """CKPT of a 2-step single-process pretrain.train run with --tokenizer, started from another
+    working directory with relative paths (export runs from the repository root)."""
+    pytest.importorskip("deepspeed")
+    cwd = tmp_path_factory.mktemp("train-cwd")
+    command = [sys.executable, str(ROOT / "pretrain" / "train.py"), "--config", str(TINY),
+               "--deepspeed_config", str(ZERO1), "--data", os.path.relpath(tokens_dir, cwd),
+               "--tokenizer", os.path.relpath(tokenizer_dir, cwd), "--output", "ckpt",
+               "--max_steps", "2", "--warmup_steps", "1", "--micro_batch_size", "2",
+               "--grad_accum", "1", "--eval_every", "2", "--eval_steps", "1",
+               "--checkpoint_every", "2"]
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600,
+                          env=os.environ | {"OMP_NUM_THREADS": "2"})
+    assert done.returncode == 0, done.stderr[-5000:]
+    return cwd / "ckpt"
+
+
+def edit_state(checkpoint: Path, dest: Path, **changes) -> Path:
+    """A copy of the checkpoint whose train_state.json has `changes`."""
+    copy = shutil.copytree(checkpoint, dest)
+    state_file = copy / (copy / "latest").read_text().strip() / "train_state.json"
+    state_file.write_text(json.dumps(json.loads(state_file.read_text()) | changes))
+    return copy
+
+
+@pytest.mark.slow
+def test_export_without_tokenizer_uses_the_one_training_recorded(trained, tokenizer_dir,
+                                                                 tmp_path):
+    state = json.loads((trained / "global_step2" / "train_state.json").read_text())
+    assert state["tokenizer"] == str(tokenizer_dir.resolve())  # absolute, not as typed
+    assert Path(state["tokens"]).is_absolute()
+    done = export_cli(trained, tmp_path / "hf")
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "hf"
+    assert f"tokenizer: {tokenizer_dir.resolve()} (recorded by the checkpoint)" in done.stderr
+    model_file = (tokenizer_dir / "tokenizer.model").read_bytes()
+    assert (out / "tokenizer.model").read_bytes() == model_file
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    text = TEXT.read_text()[:2000]
+    sp = spm.SentencePieceProcessor(model_file=str(tokenizer_dir / "tokenizer.model"))
+    assert tokenizer(text).input_ids == sp.encode(text)
+    assert tokenizer.eos_token_id == 2
+    hf = transformers.LlamaForCausalLM.from_pretrained(out, dtype=torch.float32)
+    assert hf.config.vocab_size == sp.get_piece_size()
+    explicit = export_cli(trained, tmp_path / "explicit", "--tokenizer", str(tokenizer_dir))
+    assert explicit.returncode == 0, explicit.stderr[-3000:]
+    for name in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
+                 "special_tokens_map.json", "model.safetensors"):
+        assert (out / name).read_bytes() == (tmp_path / "explicit" / name).read_bytes(), name
+
+
+@pytest.mark.slow
+def test_export_falls_back_to_the_tokenizer_of_the_token_manifest(trained, tokens_dir,
+                                                                  tokenizer_dir, tmp_path):
+    """A run trained without --tokenizer records none; the token shards name theirs."""
+    manifest = json.loads((tokens_dir / "manifest.json").read_text())
+    assert manifest["tokenizer"]["path"] == str(tokenizer_dir.resolve())
+    copy = edit_state(trained, tmp_path / "ckpt", tokenizer=None)
+    out = export_checkpoint(copy, tmp_path / "hf")
+    assert (out / "tokenizer.model").read_bytes() == (
+        tokenizer_dir / "tokenizer.model").read_bytes()
+    assert transformers.AutoTokenizer.from_pretrained(out).eos_token_id == 2
+
+
+@pytest.mark.slow
+def test_export_without_a_recorded_tokenizer_fails_naming_the_flag(trained, tokens_dir,
+                                                                   tok_dir, tmp_path):
+    old_tokens = tmp_path / "old-tokens"  # a manifest from before tokenizer paths were recorded
+    old_tokens.mkdir()
+    manifest = json.loads((tokens_dir / "manifest.json").read_text())
+    del manifest["tokenizer"]["path"]
+    (old_tokens / "manifest.json").write_text(json.dumps(manifest))
+    cases = {"recorded no tokenizer": {"tokenizer": None, "tokens": str(old_tokens)},
+             "holds no tokenizer.model": {"tokenizer": str(tmp_path / "gone"),
+                                          "tokens": str(old_tokens)},
+             "sha256 differs": {"tokenizer": str(tok_dir)}}  # another tokenizer
+    for number, (message, changes) in enumerate(cases.items()):
+        copy = edit_state(trained, tmp_path / f"ckpt{number}", **changes)
+        done = export_cli(copy, tmp_path / f"hf{number}")
+        assert done.returncode == 2, done.stderr[-3000:]
+        last = done.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: ") and "Traceback" not in done.stderr
+        assert message in last and "pass --tokenizer" in last
+        assert not (tmp_path / f"hf{number}").exists()  # fails before writing anything

@@ -66,6 +66,23 @@ def test_decode_gives_back_the_documents(hf_tokenizer, processor, texts):
         assert hf_tokenizer.decode(processor.encode(text)) == text
 
 
+def test_literal_u2581_decodes_exactly_but_encodes_as_sentencepiece_does(
+        hf_tokenizer, processor, tokenizer_dir, texts):
+    """What pretrain.hf_export's docstring promises for text with a literal U+2581: decode of
+    the shards' ids (LosslessTokenizer's) is exact; encode gives plain SentencePiece's ids."""
+    from pretrain.codec import META, LosslessTokenizer
+
+    lossless = LosslessTokenizer.load(tokenizer_dir)
+    cases = [META, f"{META}x", f"x{META}", f" {META} b", f"{META}{META}  ", f"a\n{META}\nb"]
+    cases += [f"{META}{t[:200]}{META}" for t in texts[:50]]
+    cases += [t[:100] + f" {META}" + t[100:200] for t in texts[50:100]]
+    for text in cases:
+        assert hf_tokenizer.decode(lossless.encode(text)) == text, repr(text)
+        ids = hf_tokenizer(text)["input_ids"]
+        assert ids == processor.encode(text) != lossless.encode(text)
+        assert hf_tokenizer.decode(ids) != text  # the literal character came back as a space
+
+
 @pytest.mark.parametrize("text", LEADING)
 def test_leading_whitespace_matches_sentencepiece(hf_tokenizer, processor, text):
     ids = hf_tokenizer(text)["input_ids"]

@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 
+from refine.accounting import check, record
 from refine.cli import format_funnel, format_summary
 from refine.report.collect import _funnel
 from refine.stats import merge
@@ -34,9 +35,10 @@ def _part(unit: str, path: str, read: int, rejected: dict[str, int]) -> dict:
 @pytest.fixture()
 def stats() -> dict:
     # 200 read; URL filter drops 50 (150 left, 75%); language drops 30 (120 left, 60%)
-    return merge([_part("a-0", "a.warc.gz", 200, {"url.blocklisted_domain": 50,
-                                                   "language.language_not_selected": 30})],
-                 {"a.warc.gz": 1})
+    stats = merge([_part("a-0", "a.warc.gz", 200, {"url.blocklisted_domain": 50,
+                                                    "language.language_not_selected": 30})],
+                  {"a.warc.gz": 1})
+    return record(stats, check(stats, Counter({"a.warc.gz": 120}), Counter({"a.warc.gz": 80})))
 
 
 def test_cli_funnel_shows_what_remains_after_each_stage(stats):
@@ -63,18 +65,33 @@ def test_report_funnel_percentages(stats):
     assert rows["language"]["words"] == 1200 and rows["language"]["words_pct"] == 80.0
 
 
+def _verdict(stats: dict, kept: int, rejected: int) -> dict:
+    return check(stats, Counter({"a.warc.gz": kept}), Counter({"a.warc.gz": rejected}))
+
+
 def test_an_input_with_an_unprocessed_unit_is_not_accounted_ok():
     part = _part("a-0", "a.warc.gz", 100, {"url.blocklisted_domain": 10})
     whole = merge([part], {"a.warc.gz": 1})
-    assert whole["accounting_ok"] and whole["inputs"]["a.warc.gz"]["complete"]
+    assert whole["inputs"]["a.warc.gz"]["complete"] and _verdict(whole, 90, 10)["ok"]
     half = merge([part], {"a.warc.gz": 2})  # the second unit never ran
     assert not half["inputs"]["a.warc.gz"]["complete"]
+    verdict = _verdict(half, 90, 10)
+    assert not verdict["ok"] and "incomplete (1 of 2 units done)" in verdict["problems"][0]
+    record(half, verdict)
     assert not half["inputs"]["a.warc.gz"]["accounting_ok"]
-    assert not half["accounting_ok"]
     assert re.search(r"accounting FAILED", format_summary(half))
+    assert "incomplete" in format_summary(half)
 
 
 def test_records_that_do_not_add_up_fail_the_check():
     part = _part("a-0", "a.warc.gz", 100, {"url.blocklisted_domain": 10})
     part["kept"] -= 1  # one record lost
-    assert not merge([part], {"a.warc.gz": 1})["accounting_ok"]
+    assert not _verdict(merge([part], {"a.warc.gz": 1}), 89, 10)["ok"]
+
+
+@pytest.mark.parametrize(("kept", "rejected"), [(89, 10), (90, 9), (90, 11)])
+def test_rows_on_disk_that_disagree_fail_the_check(kept: int, rejected: int):
+    stats = merge([_part("a-0", "a.warc.gz", 100, {"url.blocklisted_domain": 10})],
+                  {"a.warc.gz": 1})
+    verdict = _verdict(stats, kept, rejected)
+    assert not verdict["ok"] and "rows in" in verdict["problems"][0]

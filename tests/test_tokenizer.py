@@ -12,6 +12,7 @@ import pytest
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as model_pb2
 
+from pretrain.codec import META, LosslessTokenizer
 from pretrain.tokenizer import (
     MODEL_FILE,
     TrainerOptions,
@@ -22,12 +23,36 @@ from pretrain.tokenizer import (
 )
 
 from .conftest import ROOT
-from .pretrain_data import VOCAB_SIZE, kept_documents
+from .pretrain_data import DATA, VOCAB_SIZE, kept_documents, real_texts
+
+# a literal U+2581 at the start, in the middle, at the end, in runs, next to spaces and newlines
+META_TEXTS = [META, f"{META}x", f"x{META}", f"{META} b", f" {META}", f"{META}{META}",
+              f"a {META} b", f"{META}  ", f"  {META}", f"tok{META}en", f"{META * 3} {META}",
+              f"a\n{META}\nb", f"{META}\t{META}", f"SentencePiece writes {META}Hello{META}world",
+              f"日本{META}語 🦙{META}", f"{META}<0xE2>{META}", f"{META}</s>"]
 
 
 @pytest.fixture(scope="module")
 def processor(tokenizer_dir):
     return spm.SentencePieceProcessor(model_file=str(tokenizer_dir / MODEL_FILE))
+
+
+@pytest.fixture(scope="module")
+def lossless(tokenizer_dir):
+    return LosslessTokenizer.load(tokenizer_dir)
+
+
+def with_literal_meta(texts: list[str], seed: int = 0) -> list[str]:
+    """Each text with 1-4 literal U+2581 inserted at seeded positions (also before and after
+    spaces, at the start and at the end)."""
+    rng = random.Random(seed)
+    out = []
+    for text in texts:
+        for _ in range(rng.randint(1, 4)):
+            at = rng.choice([0, len(text), rng.randint(0, len(text))])
+            text = text[:at] + META * rng.randint(1, 2) + text[at:]
+        out.append(text)
+    return out
 
 
 @pytest.mark.slow
@@ -46,6 +71,63 @@ def test_round_trip_of_text_the_tokenizer_never_saw(processor):
              "Ünïcödé — “quotes” 日本語 🦙 ١٢٣ 12,345.67", "\x00\x07 control", " ", ""]
     for text in texts:
         assert processor.decode(processor.encode(text)) == text, repr(text)
+
+
+@pytest.mark.slow
+def test_plain_sentencepiece_turns_a_literal_u2581_into_a_space(processor):
+    """Why LosslessTokenizer exists: SentencePiece reads U+2581 as its whitespace symbol."""
+    assert processor.encode(f"a{META}b") == processor.encode("a b")
+    assert all(processor.decode(processor.encode(t)) != t for t in META_TEXTS)
+
+
+@pytest.mark.slow
+def test_round_trip_is_lossless_with_a_literal_u2581_anywhere(lossless):
+    for text in META_TEXTS:
+        assert lossless.decode(lossless.encode(text)) == text, repr(text)
+        assert lossless.unk_id() not in lossless.encode(text)
+
+
+@pytest.mark.slow
+def test_round_trip_is_lossless_for_real_documents_with_u2581_inserted(refine_run, lossless):
+    texts = with_literal_meta(real_texts(refine_run, 300))
+    encoded = lossless.encode_batch(texts, add_eos=True, num_threads=2)
+    assert [lossless.decode(ids) for ids in encoded] == texts
+    assert encoded == [lossless.encode(t, add_eos=True) for t in texts]
+    assert all(ids[-1] == lossless.eos_id() for ids in encoded)
+
+
+@pytest.mark.slow
+def test_a_literal_u2581_is_its_byte_pieces_which_decode_to_it(lossless, processor):
+    meta_ids = lossless.encode(META)
+    assert processor.id_to_piece(meta_ids) == ["<0xE2>", "<0x96>", "<0x81>"]
+    assert processor.decode(meta_ids) == META  # plain SentencePiece decodes them to the char
+    # the text before keeps SentencePiece's dummy prefix; the text after gets none
+    assert lossless.encode(f"x{META}y") == (processor.encode("x") + meta_ids
+                                            + [processor.piece_to_id("y")])
+
+
+@pytest.mark.slow
+def test_ids_of_text_without_u2581_are_sentencepieces_own(refine_run, processor, lossless):
+    """Token shards of existing data do not change: same ids, batched or not."""
+    texts = real_texts(refine_run, 1000)
+    assert not any(META in t for t in texts)
+    expected = processor.encode(texts, add_eos=True)
+    assert lossless.encode_batch(texts, add_eos=True, num_threads=2) == expected
+    assert [lossless.encode(t) for t in texts[:200]] == processor.encode(texts[:200])
+    mixed = texts[:50] + with_literal_meta(texts[50:60]) + texts[60:100]
+    batched = lossless.encode_batch(mixed, num_threads=2)
+    assert batched[:50] == processor.encode(texts[:50])
+    assert batched[50:60] == [lossless.encode(t) for t in mixed[50:60]]
+    assert batched[60:] == processor.encode(texts[60:100])
+
+
+def test_a_model_without_byte_pieces_is_refused(tmp_path):
+    lines = (DATA / "text" / "lee-news-background.txt").read_text().splitlines()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=str(tmp_path / "m"),
+                                   model_type="bpe", vocab_size=300, byte_fallback=False,
+                                   minloglevel=2)
+    with pytest.raises(ValueError, match="byte_fallback"):
+        LosslessTokenizer.load(tmp_path / "m.model")
 
 
 @pytest.mark.slow

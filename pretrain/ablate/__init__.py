@@ -141,12 +141,12 @@ def ablate(config: Any, inputs: list[str], output: str | Path, quick: bool = Fal
            tokens: int | None = None, overwrite: bool = False,
            mode: Mode | None = None) -> dict[str, Any]:
     """Run the whole ablation into `output`; returns what ablation.json holds."""
-    import sentencepiece as spm
     import torch
 
     from pretrain.ablate import variants as V
     from pretrain.ablate.bpb import bits_per_byte, encode_texts
     from pretrain.ablate.trainer import train_variant
+    from pretrain.codec import LosslessTokenizer
     from pretrain.config import TrainingConfig, parse
     from pretrain.model import ModelConfig
     from pretrain.tokenize import tokenize_run
@@ -201,7 +201,7 @@ def ablate(config: Any, inputs: list[str], output: str | Path, quick: bool = Fal
     tok_dir = out / "tokenizer"
     tok_meta = train_tokenizer(out / "variants" / "raw", tok_dir, vocab_size=vocab, seed=0,
                                options=TrainerOptions(vocab_size=vocab, num_threads=workers))
-    processor = spm.SentencePieceProcessor(model_file=str(tok_dir / MODEL_FILE))
+    tokenizer = LosslessTokenizer.load(tok_dir / MODEL_FILE)
     timings["tokenizer_s"] = time.monotonic() - tick
     tick = time.monotonic()
     available = {}
@@ -214,16 +214,16 @@ def ablate(config: Any, inputs: list[str], output: str | Path, quick: bool = Fal
     timings["tokenize_s"] = time.monotonic() - tick
 
     curated_ids, curated_texts = _curated(mode.curated_bytes)
-    eval_sets = {"curated": encode_texts("curated", curated_ids, curated_texts, processor),
+    eval_sets = {"curated": encode_texts("curated", curated_ids, curated_texts, tokenizer),
                  "heldout": encode_texts("heldout", [r["id"] for r in split.heldout],
-                                         [r["text"] for r in split.heldout], processor)}
-    # documents whose tokens do not decode back to their text (U+2581 reads back as a space);
-    # their bits still count every token SentencePiece produced for the text
-    roundtrip = {name: sum(processor.decode(ids) != text for ids, text in
+                                         [r["text"] for r in split.heldout], tokenizer)}
+    # documents whose tokens do not decode back to their text: 0 with LosslessTokenizer (a
+    # literal U+2581 is encoded as its bytes); kept as a check of that in every result
+    roundtrip = {name: sum(tokenizer.decode(ids) != text for ids, text in
                            zip(data.tokens, data.texts, strict=True))
                  for name, data in eval_sets.items()}
 
-    model_config = ModelConfig(vocab_size=processor.get_piece_size(), **mode.model)
+    model_config = ModelConfig(vocab_size=tokenizer.piece_size(), **mode.model)
     base = mode.training
     budget = plan_budget(available, base["seq_len"], base["micro_batch_size"]
                          * base["grad_accum"], tokens, mode.max_steps)
@@ -241,7 +241,7 @@ def ablate(config: Any, inputs: list[str], output: str | Path, quick: bool = Fal
         "config_hash": config.hash, "inputs": list(inputs),
         "runs": {"raw": str(out / V.RAW_RUN), "full": str(out / V.RUN)},
         "tokenizer": {"dir": str(tok_dir), "model_sha256": tok_meta["model_sha256"],
-                      "vocab_size": processor.get_piece_size(), "trained_on": "raw variant "
+                      "vocab_size": tokenizer.piece_size(), "trained_on": "raw variant "
                       "(training split)"},
         "model": model_config.model_dump(), "training": training.model_dump(),
         "budget": budget, "seeds": list(range(seeds)),
@@ -263,7 +263,7 @@ def ablate(config: Any, inputs: list[str], output: str | Path, quick: bool = Fal
                   "The tokenizer is trained on the raw variant's training text."],
         "timings": timings,
     }
-    eos = processor.eos_id()
+    eos = tokenizer.eos_id()
     train_started = time.monotonic()
     for name in V.VARIANTS:
         for seed in range(seeds):

@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from pretrain.codec import LosslessTokenizer
+
 Logits = Callable[[torch.Tensor], torch.Tensor]  # (batch, seq) int64 -> (batch, seq, vocab)
 
 
@@ -55,10 +57,11 @@ def text_sha256(texts: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
-def encode_texts(name: str, ids: list[str], texts: list[str], processor) -> EvalText:
-    """Encode with a SentencePiece processor (no BOS, no EOS)."""
+def encode_texts(name: str, ids: list[str], texts: list[str],
+                 tokenizer: LosslessTokenizer) -> EvalText:
+    """Encode as the token shards are (no BOS, no EOS): every text decodes back exactly."""
     return EvalText(name, list(ids), list(texts),
-                    [list(t) for t in processor.encode(list(texts), num_threads=1)])
+                    [list(t) for t in tokenizer.encode_batch(list(texts), num_threads=1)])
 
 
 def windows(n: int, seq_len: int, stride: int) -> list[tuple[int, int, int]]:

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from refine import accounting
 from refine.report import whatif
 from refine.report.columns import metric_arrays, word_counts
 from refine.report.examples import Reservoir, highlights
@@ -344,7 +345,8 @@ def collect(run: Path, samples: int = 5, seed: int = 0) -> dict[str, Any]:
     whatifs = whatif.build(config, kept["metrics"], kept["words"], rejected["stage_rows"])
     log.info("what-if tables: %d in %.1f s", len(whatifs), time.monotonic() - started)
     sizes = Counter(n + 1 for n in rejected["clusters"].values())
-    files = _file_accounting(stats, kept["by_file"], rejected["by_file"])
+    verdict = accounting.record(stats, accounting.check(stats, kept["by_file"],
+                                                        rejected["by_file"]))
     return {
         "run": str(run), "manifest": manifest, "stats": stats, "notes": notes,
         "funnel": _funnel(stats, rejected["words_by_reason"], kept_words),
@@ -360,24 +362,5 @@ def collect(run: Path, samples: int = 5, seed: int = 0) -> dict[str, Any]:
                   "spans": {k: spans[k] for k in ("spans", "chars", "documents")},
                   "span_tokens": dict(sorted(spans["tokens"].items())),
                   "span_examples": _span_examples(spans, kept)},
-        "files": files,
+        "files": verdict["files"], "accounting": verdict,
     }
-
-
-def _file_accounting(stats: dict[str, Any], kept: Counter[str],
-                     rejected: Counter[str]) -> list[dict[str, Any]]:
-    """Per input: stats' read == kept + rejected, and the rows in data/ and rejected/ agree."""
-    out = []
-    for path, entry in stats["inputs"].items():
-        ok = (entry["read"] == entry["kept"] + entry["rejected"] and entry["kept"] == kept[path]
-              and entry["rejected"] == rejected[path])
-        out.append({"input": path, "read": entry["read"], "kept": entry["kept"],
-                    "rejected": entry["rejected"], "kept_rows": kept[path],
-                    "rejected_rows": rejected[path], "complete": entry.get("complete", True),
-                    "units": entry.get("units"), "units_done": entry.get("units_done"),
-                    "ok": ok})
-    for path in sorted((set(kept) | set(rejected)) - set(stats["inputs"])):
-        out.append({"input": path, "read": 0, "kept": 0, "rejected": 0, "kept_rows": kept[path],
-                    "rejected_rows": rejected[path], "complete": False, "units": None,
-                    "units_done": None, "ok": False})
-    return out

@@ -80,30 +80,26 @@ def _example(ex: dict[str, Any], css: str = "") -> str:
 
 
 def _alarms(data: dict[str, Any]) -> str:
-    stats, problems = data["stats"], []
-    if not stats.get("accounting_ok", False):
-        problems.append("stats.json: read != kept + rejected for at least one input")
-    for row in data["files"]:
-        if not row["ok"]:
-            problems.append(f"{row['input']}: read {row['read']}, kept {row['kept']} "
-                            f"(rows in data/: {row['kept_rows']}), rejected {row['rejected']} "
-                            f"(rows in rejected/: {row['rejected_rows']})")
-        if not row["complete"]:
-            problems.append(f"{row['input']}: incomplete ({row['units_done']} of {row['units']} "
-                            "units done)")
-    problems.extend(data["notes"])
-    problems.extend(f"{w['stage']}: {w['inconsistent']} documents it dropped pass all its "
+    """The accounting verdict (refine.accounting, as `refine stats` prints it), then warnings
+    that do not change it."""
+    stats, verdict = data["stats"], data["accounting"]
+    warnings = list(data["notes"])
+    warnings.extend(f"{w['stage']}: {w['inconsistent']} documents it dropped pass all its "
                     "checks by their stored metrics (the what-if counts may be off)"
                     for w in data["whatif"] if w["inconsistent"])
-    if not problems:
+    notes = ""
+    if warnings:
+        items = "".join(f"<li>{_e(w)}</li>" for w in dict.fromkeys(warnings))
+        notes = f'<div id="warnings" class="banner alarm">Warnings<ul>{items}</ul></div>'
+    if verdict["ok"]:
         docs = stats["documents"]
         return (f'<div id="accounting" class="banner ok" data-ok="true">Accounting OK: '
                 f'{_n(docs["read"])} read = {_n(docs["kept"])} kept + {_n(docs["rejected"])} '
                 f"rejected, for every one of {len(data['files'])} inputs, and the rows in data/ "
-                "and rejected/ agree.</div>")
-    items = "".join(f"<li>{_e(p)}</li>" for p in dict.fromkeys(problems))
+                f"and rejected/ agree.</div>{notes}")
+    items = "".join(f"<li>{_e(p)}</li>" for p in dict.fromkeys(verdict["problems"]))
     return (f'<div id="accounting" class="banner alarm" data-ok="false">Accounting check '
-            f"FAILED<ul>{items}</ul></div>")
+            f"FAILED<ul>{items}</ul></div>{notes}")
 
 
 def _funnel(data: dict[str, Any]) -> str:
