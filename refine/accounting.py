@@ -60,7 +60,8 @@ def check(stats: dict[str, Any], kept_rows: Counter[str],
 
 
 def record(stats: dict[str, Any], verdict: dict[str, Any]) -> dict[str, Any]:
-    """Write `verdict` into `stats` (accounting_ok, accounting_problems, per input); returns it."""
+    """Write `verdict` into `stats` (accounting_ok, accounting_problems, per input); returns
+    `stats`."""
     stats["accounting_ok"] = verdict["ok"]
     stats["accounting_problems"] = verdict["problems"]
     for row in verdict["files"]:

@@ -8,10 +8,13 @@ and is the same for any number of workers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import socket
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -85,16 +88,41 @@ def connect_ray(address: str, timeout_s: float) -> None:
                         "address its GCS address (host:6379 by default)? --connect-timeout "
                         "sets the wait") from None
                 time.sleep(1.0)
-    try:
-        init_ray(address)
-    except Exception as error:  # Ray raises ConnectionError, RuntimeError, auth errors...
-        hint = ""
-        if "auth" in str(error).lower() or "token" in str(error).lower():
-            hint = (" The cluster uses token authentication: set RAY_AUTH_TOKEN (or "
-                    "RAY_AUTH_TOKEN_PATH) to the cluster's token.")
-        raise RayConnectError(f"cannot connect to the Ray cluster at {address}: "
-                              f"{str(error).strip().splitlines()[0] if str(error) else error!r}."
-                              f"{hint}") from None
+    with _stderr_captured() as captured:  # Ray's core logs each failed attempt, once a second
+        try:
+            init_ray(address)
+            error = None
+        except Exception as raised:  # ConnectionError, RuntimeError, auth errors...
+            error = raised
+    log_lines = captured["text"]
+    if error is None:
+        sys.stderr.write(log_lines)
+        return
+    detail = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+    if "InvalidAuthToken" in log_lines or "Unauthenticated" in log_lines:
+        detail += (" (the cluster refused our authentication token: set RAY_AUTH_TOKEN or "
+                   "RAY_AUTH_TOKEN_PATH to the cluster's token)")
+    elif not any(os.environ.get(k) for k in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")):
+        detail += (" (if the cluster uses token authentication, Ray's default, set RAY_AUTH_TOKEN "
+                   "or RAY_AUTH_TOKEN_PATH: none is set here)")
+    raise RayConnectError(f"cannot connect to the Ray cluster at {address}: {detail}")
+
+
+@contextlib.contextmanager
+def _stderr_captured() -> Iterator[dict[str, str]]:
+    """File descriptor 2 (where Ray's C++ core logs) captured for the block into ["text"]."""
+    sys.stderr.flush()
+    saved, captured = os.dup(2), {"text": ""}
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            captured["text"] = capture.read().decode(errors="replace")
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:

@@ -54,6 +54,22 @@ def test_run_on_a_multi_node_cluster_equals_a_local_run(cluster, refine_run, tmp
     assert_same_output(tmp_path / "run", refine_run)
 
 
+@pytest.mark.parametrize("token", [None, "wrong-token"])
+def test_a_missing_or_wrong_auth_token_is_a_message(cluster, tmp_path, token):
+    env = {k: v for k, v in cluster.env.items() if k != "RAY_AUTH_TOKEN"}
+    if token:
+        env["RAY_AUTH_TOKEN"] = token
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "refine.cli", "run", str(ROOT / "configs" / "demo.yaml"),
+         "--input", WARCS[0], "--output", str(out), "--address", cluster.address, "--quiet"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert f"cannot connect to the Ray cluster at {cluster.address}" in done.stderr
+    assert "RAY_AUTH_TOKEN" in done.stderr and "Traceback" not in done.stderr
+    assert not out.exists()  # nothing created before the connection
+
+
 def wait_for(condition, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():

@@ -157,3 +157,28 @@ def test_ctrl_c_says_how_to_resume(tmp_path):
     assert first.returncode == 130, stderr
     assert "--resume" in stderr and str(out) in stderr
     assert not (out / LEASE).exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["deleted_rejected_file", "interrupted"])
+def test_stats_and_report_give_the_same_verdict(refine_run, tmp_path, damage):
+    copy = tmp_path / "run"
+    shutil.copytree(refine_run, copy)
+    healthy = refine("stats", str(copy))
+    assert healthy.returncode == 0 and "accounting OK" in healthy.stdout
+    if damage == "deleted_rejected_file":
+        next(iter(sorted((copy / "rejected").glob("*.parquet")))).unlink()
+    else:  # killed before its last unit finished: that unit's statistics and rows are missing
+        unit = sorted((copy / "stats" / "units").glob("*.json"))[-1]
+        unit.unlink()
+        (copy / "stats.json").unlink()
+    summary = refine("stats", str(copy))
+    assert summary.returncode == 0 and "accounting FAILED" in summary.stdout, summary.stdout
+    as_json = json.loads(refine("stats", str(copy), "--json").stdout)
+    assert as_json["accounting_ok"] is False and as_json["accounting_problems"]
+    report = refine("report", str(copy), "--output", str(tmp_path / "r.html"))
+    assert report.returncode == 0, report.stderr
+    page = (tmp_path / "r.html").read_text()
+    assert 'id="accounting" class="banner alarm" data-ok="false"' in page
+    for problem in as_json["accounting_problems"]:
+        assert problem.split(":")[0] in page

@@ -345,8 +345,8 @@ def collect(run: Path, samples: int = 5, seed: int = 0) -> dict[str, Any]:
     whatifs = whatif.build(config, kept["metrics"], kept["words"], rejected["stage_rows"])
     log.info("what-if tables: %d in %.1f s", len(whatifs), time.monotonic() - started)
     sizes = Counter(n + 1 for n in rejected["clusters"].values())
-    verdict = accounting.record(stats, accounting.check(stats, kept["by_file"],
-                                                        rejected["by_file"]))
+    verdict = accounting.check(stats, kept["by_file"], rejected["by_file"])
+    accounting.record(stats, verdict)
     return {
         "run": str(run), "manifest": manifest, "stats": stats, "notes": notes,
         "funnel": _funnel(stats, rejected["words_by_reason"], kept_words),
