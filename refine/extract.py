@@ -32,6 +32,12 @@ page first loses its <script>/<style>/comment blocks (unused by extraction; gold
 1.5 MB shrink to <= 250 kB, with identical output), and only if still too large is truncated at
 a UTF-8 boundary. Plain truncation at 1 MiB emptied both CNN gold pages (article after ~1 MiB
 of inline scripts). Dense 1 MB pages (tables, link lists) take ~1-1.5 s, well under timeout_s.
+
+Deep nesting: libxml2 stops parsing at element depth 256 ("Excessive depth in document"), so
+everything after the 256th nested element was lost. When trafilatura's parse reports that, the
+page is extracted again with the elements nested deeper than ``DEPTH_CAP`` flattened (their
+tags dropped, block tags becoming line breaks, their text kept: ``cap_depth``); an oversized page
+is flattened the same way before it would be truncated. Pages that parse whole are untouched.
 """
 
 from __future__ import annotations
@@ -93,6 +99,17 @@ _HSPACE_RE = re.compile(r"[ \t]{2,}")
 _TRAILING_WS_RE = re.compile(r"[ \t\r\f\v]+$", re.M)
 _NEWLINES_RE = re.compile(r"\n{3,}")
 _OPEN_RE = re.compile(r"<(?:(script|style)\b|!--)", re.I)
+_TAG_SPLIT_RE = re.compile(r"(<(/?)([a-zA-Z][^\s/>]*)[^>]*>)")
+DEPTH_CAP = 200  # nested elements kept by cap_depth; libxml2 stops parsing at depth 256
+_DEPTH_CAPS = (DEPTH_CAP, 64)  # the second applies if libxml2 nests deeper than we counted
+_VOID = frozenset(
+    ["area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param",
+     "source", "track", "wbr"])
+_INLINE = frozenset(
+    ["a", "abbr", "b", "bdi", "bdo", "big", "cite", "code", "data", "dfn", "em", "font", "i",
+     "kbd", "mark", "nobr", "q", "s", "samp", "small", "span", "strike", "strong", "sub", "sup",
+     "time", "tt", "u", "var"])
+_IMPLIED_END = frozenset(["p", "li", "dt", "dd", "tr", "td", "th", "option"])  # <li><li>
 _CLOSE_RE = {
     "script": re.compile(r"</script[\s/>]", re.I),
     "style": re.compile(r"</style[\s/>]", re.I),
@@ -127,7 +144,62 @@ def _fit(html: str, max_bytes: int) -> str:
     html = _strip_non_text(html)
     if not _utf8_len_over(html, max_bytes):
         return html
+    html = cap_depth(html)
+    if not _utf8_len_over(html, max_bytes):
+        return html
     return html.encode("utf-8", "surrogatepass")[:max_bytes].decode("utf-8", "ignore")
+
+
+def cap_depth(html: str, cap: int = DEPTH_CAP) -> str:
+    """`html` with the elements nested deeper than `cap` flattened: their start and end tags
+    dropped (a block tag after text becomes a line break), their text kept.
+
+    Depth is counted on the tags as written, with a stack of open element names: void elements
+    do not nest, an end tag closes up to its open element (and is ignored without one), and a
+    <p>, <li>, <td>, ... ends an open one of the same name at the top, as in an HTML parser.
+    One pass over the tags; an end tag looks its element up in a count, not in the stack."""
+    parts = _TAG_SPLIT_RE.split(html)  # text, tag, "/" or "", name, text, tag, ...
+    stack: list[str] = []
+    open_count: dict[str, int] = {}
+    excess = 0  # elements open beyond the cap: their tags are dropped
+    for i in range(1, len(parts), 4):
+        closing, name = parts[i + 1], parts[i + 2].lower()
+        parts[i + 1] = parts[i + 2] = ""
+        if name in _VOID:
+            continue
+        if not excess:
+            if closing:
+                _close(stack, open_count, name)
+                continue
+            if stack and stack[-1] == name and name in _IMPLIED_END:
+                _close(stack, open_count, name)
+            if len(stack) < cap:
+                stack.append(name)
+                open_count[name] = open_count.get(name, 0) + 1
+                continue
+        excess += -1 if closing else 1
+        parts[i] = "" if name in _INLINE or not parts[i - 1].strip() else "\n"
+    return "".join(parts)
+
+
+def _close(stack: list[str], open_count: dict[str, int], name: str) -> None:
+    """Pop `stack` up to and including the innermost open `name`, if one is open."""
+    if not open_count.get(name):
+        return
+    while True:
+        top = stack.pop()
+        open_count[top] -= 1
+        if top == name:
+            return
+
+
+def _parse_hit_depth_limit() -> bool:
+    """Whether trafilatura's last parse stopped at libxml2's depth limit (the rest of the page
+    was never parsed). trafilatura parses with its module parser in load_html, and only there."""
+    from trafilatura.utils import HTML_PARSER
+
+    last = HTML_PARSER.error_log.last_error
+    return last is not None and "depth" in last.message.lower()
 
 
 def clean_text(text: str) -> str:
@@ -143,13 +215,27 @@ def extract_text(html: str, config: ExtractConfig) -> str:
     """Main text of one decoded HTML page, or "" if none (no state shared across pages)."""
     if not html or not html.strip():
         return ""
-    import trafilatura  # here, not at the top: the config is read where no page is extracted
-
+    # trafilatura is imported here, not at the top: the config is read where no page is extracted
     from refine.xpath_rewrite import use_rewritten_xpaths
 
     use_rewritten_xpaths(config.fast_xpaths)
-    text = trafilatura.extract(
-        _fit(html, config.max_html_bytes),
+    html = _fit(html, config.max_html_bytes)
+    text = _trafilatura(html, config)
+    for cap in _DEPTH_CAPS:  # bounded: at most two more parses, of flattened pages
+        if not _parse_hit_depth_limit():
+            break
+        text = _trafilatura(cap_depth(_strip_non_text(html), cap), config)
+    if not text:
+        return ""
+    text = clean_text(text)
+    return text if len(text) >= config.min_text_chars else ""
+
+
+def _trafilatura(html: str, config: ExtractConfig) -> str | None:
+    import trafilatura
+
+    return trafilatura.extract(
+        html,
         output_format="txt",
         fast=config.fast,
         favor_precision=config.favor_precision,
@@ -162,7 +248,3 @@ def extract_text(html: str, config: ExtractConfig) -> str:
         deduplicate=False,
         with_metadata=False,
     )
-    if not text:
-        return ""
-    text = clean_text(text)
-    return text if len(text) >= config.min_text_chars else ""

@@ -20,7 +20,7 @@ from refine.report.examples import Reservoir
 from refine.report.render import render, script_json
 from refine.report.whatif import bin_edges, histogram, kept_at
 from refine.run import run
-from refine.shards import METRICS
+from refine.shards import METRICS, metrics_dict
 
 from .conftest import DATA, ROOT, cc_documents
 
@@ -277,7 +277,7 @@ def _rows(run_dir: Path, sub: str) -> list[dict]:
     out = []
     for path in sorted((run_dir / sub).glob("*.parquet")):
         for row in pq.read_table(path).to_pylist():
-            row["metrics"] = dict(row["metrics"] or [])
+            row["metrics"] = metrics_dict(row["metrics"])
             out.append(row)
     return out
 
