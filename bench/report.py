@@ -222,9 +222,10 @@ def _write_stats(run: Path, config: RunConfig, inputs: list[dict], dedup_inputs:
         alive -= int(mask.sum())
     dedup = {"stages": dedup_stages, "documents_out": alive, "inputs": dedup_inputs}
     (run / "stats" / "dedup.json").write_text(json.dumps(dedup))
+    from refine.rundir import RunDir
     from refine.stats import load_parts
 
-    stats = merge(load_parts(run / "stats" / "units"), units, dedup)
+    stats = merge(load_parts(RunDir(run)), units, dedup)
     stats["config_hash"] = config.hash
     check_run(run, stats)
     (run / "stats.json").write_text(json.dumps(stats, indent=1, sort_keys=True))

@@ -11,16 +11,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
-DATA, REJECTED = "data", "rejected"
+from refine.rundir import DATA, REJECTED, RunDir, as_run_dir
 
 
-def rows_per_input(directory: Path) -> Counter[str]:
-    """Rows per `file_path` in the Parquet files of `directory` (one column is read)."""
+def rows_per_input(run_dir: RunDir, sub: str) -> Counter[str]:
+    """Rows per `file_path` in the Parquet files of `sub` (one column is read)."""
     counts: Counter[str] = Counter()
-    for path in sorted(directory.glob("*.parquet")):
-        column = pq.read_table(path, columns=["file_path"]).column("file_path")
+    for path in run_dir.files(sub):
+        column = run_dir.read_table(path, columns=["file_path"]).column("file_path")
         for entry in column.value_counts().to_pylist():
             counts[entry["values"]] += entry["counts"]
     return counts
@@ -70,8 +68,9 @@ def record(stats: dict[str, Any], verdict: dict[str, Any]) -> dict[str, Any]:
     return stats
 
 
-def check_run(run_dir: Path, stats: dict[str, Any]) -> dict[str, Any]:
+def check_run(run_dir: RunDir | str | Path, stats: dict[str, Any]) -> dict[str, Any]:
     """`check` with the rows counted from the run directory, recorded into `stats`."""
-    verdict = check(stats, rows_per_input(run_dir / DATA), rows_per_input(run_dir / REJECTED))
+    run_dir = as_run_dir(run_dir)
+    verdict = check(stats, rows_per_input(run_dir, DATA), rows_per_input(run_dir, REJECTED))
     record(stats, verdict)
     return verdict

@@ -216,18 +216,18 @@ def format_summary(stats: dict[str, Any]) -> str:
 def _command_stats(args: argparse.Namespace) -> int:
     from refine.accounting import check_run
     from refine.report.collect import ReportError, load_stats
+    from refine.rundir import MANIFEST, STATS, RunDir
 
-    run_dir = Path(args.run_dir)
-    path, manifest_path = run_dir / "stats.json", run_dir / "manifest.json"
+    run_dir = RunDir(args.run_dir)
     notes: list[str] = []
     try:
-        if manifest_path.exists():  # checked against the per-unit files; stages in run order
-            stats, notes = load_stats(run_dir, json.loads(manifest_path.read_text()))
+        if run_dir.exists(MANIFEST):  # checked against the per-unit files; stages in run order
+            stats, notes = load_stats(run_dir, run_dir.read_json(MANIFEST))
             check_run(run_dir, stats)  # the same verdict as the run's and the report's
-        elif path.exists():
-            stats = json.loads(path.read_text())
+        elif run_dir.exists(STATS):
+            stats = run_dir.read_json(STATS)
         else:
-            raise ReportError(f"{path} does not exist (is {args.run_dir} a run?)")
+            raise ReportError(f"{run_dir.url(STATS)} does not exist (is {args.run_dir} a run?)")
     except ReportError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_ERROR

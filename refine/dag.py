@@ -162,7 +162,7 @@ def process_units(units: list[Unit], config_json: str, run_dir: str, workers: in
     dataset = ray.data.from_items(items, override_num_blocks=len(items))
     dataset = dataset.map_batches(
         _UnitWorker,
-        fn_constructor_kwargs={"config_json": config_json, "run_dir": os.path.abspath(run_dir)},
+        fn_constructor_kwargs={"config_json": config_json, "run_dir": run_dir},  # absolute or a URL
         batch_size=1,
         batch_format="numpy",
         compute=ActorPoolStrategy(size=min(workers, len(units))),

@@ -1,7 +1,8 @@
 """One writer per run directory: a lease file taken before any work and renewed while it runs.
 
 ``RUN/.lease.json`` names its holder (owner, host, pid, a token) and its last heartbeat. It is
-created exclusively (``O_EXCL``), so of two writers that start together one wins. A writer that
+created exclusively (``O_EXCL`` locally, a conditional PUT on object stores), so of two writers
+that start together one wins. A writer that
 finds a lease refuses to start, naming the holder, unless the lease is stale: its process is
 gone (same host), or its heartbeat is older than `STALE_AFTER_S` (another host). A stale lease is
 taken over. The holder renews the heartbeat every `HEARTBEAT_S` from a thread and checks the file
@@ -10,7 +11,7 @@ still holds its token; if another writer took the lease over, `check()` raises.
 
 from __future__ import annotations
 
-import contextlib
+import datetime as dt
 import getpass
 import json
 import os
@@ -18,12 +19,10 @@ import socket
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
-from refine.atomic_file import write_json_atomic
+from refine.rundir import LEASE, RunDir
 
-LEASE = ".lease.json"
 HEARTBEAT_S = 10.0
 STALE_AFTER_S = 60.0
 
@@ -42,13 +41,20 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _read(path: Path) -> dict[str, Any] | None:
+def _read(run: RunDir) -> dict[str, Any] | None:
     try:
-        return json.loads(path.read_text())
+        return run.read_json(LEASE)
     except FileNotFoundError:
         return None
     except (OSError, ValueError):
         return {}  # half-written or damaged: judged by the file's age alone
+
+
+def _age_s(run: RunDir) -> float:
+    modified = run.fs.modified(run.path(LEASE))
+    if modified.tzinfo is None:
+        modified = modified.astimezone()
+    return (dt.datetime.now(dt.UTC) - modified).total_seconds()
 
 
 def describe(holder: dict[str, Any]) -> str:
@@ -59,17 +65,17 @@ def describe(holder: dict[str, Any]) -> str:
             f"last heartbeat {age:.0f} s ago)")
 
 
-def is_stale(holder: dict[str, Any], path: Path) -> bool:
+def is_stale(holder: dict[str, Any], run: RunDir) -> bool:
     if not holder:
-        return time.time() - path.stat().st_mtime > STALE_AFTER_S
+        return _age_s(run) > STALE_AFTER_S
     if holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", 0))):
         return True
     return time.time() - float(holder.get("heartbeat", 0)) > STALE_AFTER_S
 
 
 class Lease:
-    def __init__(self, run_dir: Path, command: str):
-        self.path = Path(run_dir) / LEASE
+    def __init__(self, run: RunDir, command: str):
+        self.run = run
         now = time.time()
         self.record = {"token": uuid.uuid4().hex, "owner": getpass.getuser(),
                        "host": socket.gethostname(), "pid": os.getpid(), "command": command,
@@ -80,55 +86,52 @@ class Lease:
 
     def acquire(self) -> Lease:
         """Take the lease (taking over a stale one) or raise LeaseError naming the holder."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        run = self.run
         for _ in range(3):
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                run.create_exclusive(run.path(LEASE), json.dumps(self.record).encode())
             except FileExistsError:
-                holder = _read(self.path)
+                holder = _read(run)
                 if holder is None:
                     continue  # released meanwhile
-                if not is_stale(holder, self.path):
-                    raise LeaseError(f"{self.path.parent} is being written by "
+                if not is_stale(holder, run):
+                    raise LeaseError(f"{run} is being written by "
                                      f"{describe(holder)}; wait for it to finish or stop it "
                                      "(a killed writer's lease is taken over after "
                                      f"{STALE_AFTER_S:.0f} s, at once on the same host)"
                                      ) from None
-                if _read(self.path) == holder:  # still the stale one: remove it, then race
-                    with contextlib.suppress(FileNotFoundError):
-                        self.path.unlink()
+                if _read(run) == holder:  # still the stale one: remove it, then race
+                    run.remove(run.path(LEASE))
                 continue
-            with os.fdopen(fd, "w") as handle:
-                json.dump(self.record, handle)
             self._thread = threading.Thread(target=self._beat, name="refine-lease",
                                             daemon=True)
             self._thread.start()
             return self
-        raise LeaseError(f"could not take the lease of {self.path.parent}: other writers "
+        raise LeaseError(f"could not take the lease of {run}: other writers "
                          "keep taking it")
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
-            holder = _read(self.path)
+            holder = _read(self.run)
             if not holder or holder.get("token") != self.record["token"]:
                 self.lost = describe(holder) if holder else "nobody (the lease was deleted)"
                 return
             self.record["heartbeat"] = time.time()
-            write_json_atomic(self.path, self.record)
+            self.run.write_bytes(self.run.path(LEASE), json.dumps(self.record).encode())
 
     def check(self) -> None:
         """Raise LeaseError when another writer took the run directory over."""
         if self.lost is not None:
-            raise LeaseError(f"lost the lease of {self.path.parent} to {self.lost}; "
+            raise LeaseError(f"lost the lease of {self.run} to {self.lost}; "
                              "stopping without writing more")
 
     def release(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        holder = _read(self.path)
+        holder = _read(self.run)
         if holder and holder.get("token") == self.record["token"]:
-            self.path.unlink(missing_ok=True)
+            self.run.remove(self.run.path(LEASE))
 
     def __enter__(self) -> Lease:
         return self.acquire()

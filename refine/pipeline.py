@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from refine.atomic_file import write_json_atomic
 from refine.config import RunConfig
 from refine.document import Document, Filter
 from refine.filters.language import LanguageFilter
@@ -27,11 +26,11 @@ from refine.filters.quality import QualityFilter
 from refine.filters.repetition import RepetitionFilter
 from refine.filters.url import URLFilter
 from refine.readers import SourceRecord, Unit, read_unit
+from refine.rundir import DATA, FILTERED, PARTS, REJECTED, RunDir, as_run_dir
 from refine.sandbox import OK, ExtractionSandbox
-from refine.shards import KEPT_SCHEMA, REJECTED_SCHEMA, ShardWriter, remove_unit_outputs
+from refine.shards import KEPT_SCHEMA, REJECTED_SCHEMA, ShardWriter
 from refine.stats import UnitStats
 
-DATA, FILTERED, REJECTED, PARTS = "data", "filtered", "rejected", "stats/units"
 WARN_REASONS = ("corrupt_record", "truncated_record", "record_too_large")
 BATCH_RECORDS = 64  # records per stage-by-stage batch (~10 MB of HTML on Common Crawl pages)
 BATCH_CHARS = 16 << 20  # and at most this much payload text held at once
@@ -49,8 +48,8 @@ class _Outcome:
         self.warnings: list[str] = []
 
 
-def unit_done(run_dir: Path, unit: Unit) -> bool:
-    return (run_dir / PARTS / f"{unit.id}.json").exists()
+def unit_done(run_dir: RunDir, unit: Unit) -> bool:
+    return run_dir.exists(PARTS, f"{unit.id}.json")
 
 
 def build_text_filters(config: RunConfig) -> list[tuple[str, Filter]]:
@@ -69,8 +68,8 @@ def build_text_filters(config: RunConfig) -> list[tuple[str, Filter]]:
 class UnitProcessor:
     """Holds the per-worker state (blocklist, fastText model, extraction child) across units."""
 
-    def __init__(self, config: RunConfig, run_dir: str | Path):
-        self.config, self.run_dir = config, Path(run_dir)
+    def __init__(self, config: RunConfig, run_dir: str | Path | RunDir):
+        self.config, self.run_dir = config, as_run_dir(run_dir)
         self.sandbox = ExtractionSandbox(config.extract.model_dump(), config.extract.timeout_s)
         self.sandbox.start()  # the child imports trafilatura while we load the other models
         self.url_filter = URLFilter(config.url).load() if config.url.enabled else None
@@ -84,11 +83,11 @@ class UnitProcessor:
     def process(self, unit: Unit) -> dict[str, Any]:
         started = time.monotonic()
         for sub in (self.kept_dir, REJECTED):
-            remove_unit_outputs(self.run_dir / sub, unit.id)
+            self.run_dir.remove_prefixed(sub, f"{unit.id}-")
         out = self.config.output
-        kept = ShardWriter(self.run_dir / self.kept_dir, unit.id, KEPT_SCHEMA, out.shard_bytes,
+        kept = ShardWriter(self.run_dir, self.kept_dir, unit.id, KEPT_SCHEMA, out.shard_bytes,
                            out.compression)
-        rejected = ShardWriter(self.run_dir / REJECTED, unit.id, REJECTED_SCHEMA,
+        rejected = ShardWriter(self.run_dir, REJECTED, unit.id, REJECTED_SCHEMA,
                                out.shard_bytes, out.compression)
         stats = UnitStats(unit.id, unit.path)
         batch: list[SourceRecord] = []
@@ -120,7 +119,7 @@ class UnitProcessor:
             "process_cpu_s": round(time.process_time(), 3),  # cumulative, Ray's threads included
             "extract_child_cpu_s": round(self.sandbox.child_cpu_s, 3),  # cumulative
         }
-        write_json_atomic(self.run_dir / PARTS / f"{unit.id}.json", summary)
+        self.run_dir.write_json(summary, PARTS, f"{unit.id}.json")  # last: the unit's commit
         return summary
 
     def _process_batch(self, records: list[SourceRecord], stats: UnitStats, kept: ShardWriter,

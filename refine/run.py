@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
-import shutil
 import sys
 import time
 from collections import Counter
@@ -17,16 +15,25 @@ from typing import Any
 
 from refine import __version__
 from refine.accounting import check_run
-from refine.atomic_file import write_json_atomic
 from refine.config import RunConfig
-from refine.dedup.stage import DEDUP_STATS, dedup_done, run_dedup
+from refine.dedup.stage import dedup_done, run_dedup
 from refine.filters.url import URLFilter
-from refine.lease import LEASE, Lease, LeaseError
-from refine.pipeline import DATA, FILTERED, PARTS, REJECTED, unit_done
+from refine.lease import Lease, LeaseError
+from refine.pipeline import unit_done
 from refine.readers import Unit, expand_inputs, plan_units
+from refine.rundir import (
+    DATA,
+    DEDUP_STATS,
+    FILTERED,
+    LEASE,
+    MANIFEST,
+    PARTS,
+    REJECTED,
+    STATS,
+    RunDir,
+)
 from refine.stats import load_parts, merge
 
-MANIFEST, STATS = "manifest.json", "stats.json"
 KIND = "refine-run"  # manifest.json's "kind": what --overwrite may delete
 
 
@@ -36,7 +43,7 @@ class RunError(RuntimeError):
 
 @dataclass
 class RunResult:
-    run_dir: Path
+    run_dir: Path | str  # a local Path, or the URL of a remote run directory
     stats: dict[str, Any]
     units_total: int
     units_skipped: int
@@ -58,8 +65,15 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _check_output(run_dir: Path) -> None:
+def _check_output(run: RunDir) -> None:
     """Fail before any work when the run directory cannot be one."""
+    if not run.local:
+        bucket = run.root.split("/")[0]
+        if not run.fs.exists(bucket):
+            raise RunError(f"output {run}: bucket {bucket!r} does not exist (or these "
+                           "credentials cannot see it)")
+        return
+    run_dir = Path(run.root)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunError(f"output {run_dir} is a file, not a directory: choose another --output")
     parent = next((p for p in (run_dir, *run_dir.parents) if p.exists()), Path("."))
@@ -67,13 +81,13 @@ def _check_output(run_dir: Path) -> None:
         raise RunError(f"cannot write the output {run_dir}: {parent} is not writable")
 
 
-def _read_manifest(run_dir: Path) -> dict[str, Any] | None:
+def _read_manifest(run: RunDir) -> dict[str, Any] | None:
     try:
-        return json.loads((run_dir / MANIFEST).read_text())
+        return run.read_json(MANIFEST)
     except FileNotFoundError:
         return None
     except ValueError as error:
-        raise RunError(f"{run_dir / MANIFEST} is damaged ({error})") from None
+        raise RunError(f"{run.url(MANIFEST)} is damaged ({error})") from None
 
 
 def _input_difference(previous: list[dict[str, Any]], files: list[tuple[str, int]]) -> str:
@@ -84,10 +98,10 @@ def _input_difference(previous: list[dict[str, Any]], files: list[tuple[str, int
     return "\n".join(lines)
 
 
-def _prepare_run_dir(run_dir: Path, config: RunConfig, files: list[tuple[str, int]],
+def _prepare_run_dir(run_dir: RunDir, config: RunConfig, files: list[tuple[str, int]],
                      resume: bool, overwrite: bool) -> None:
     """Called with the lease held (the lease file is the one thing that may already be there)."""
-    contents = [p for p in run_dir.iterdir() if p.name != LEASE]
+    contents = [name for name in run_dir.entries() if name != LEASE]
     if contents:
         manifest = _read_manifest(run_dir)
         if overwrite:
@@ -95,8 +109,8 @@ def _prepare_run_dir(run_dir: Path, config: RunConfig, files: list[tuple[str, in
                 raise RunError(f"refusing to --overwrite {run_dir}: it is not a refine run "
                                f"(its {MANIFEST} does not say kind {KIND!r}); delete it yourself "
                                "if you mean to")
-            for path in contents:
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            for name in contents:
+                run_dir.remove_tree(name)
         elif not resume:
             raise RunError(f"output {run_dir} is not empty: pass --resume to continue that run, "
                            "or --overwrite to replace it")
@@ -114,7 +128,7 @@ def _prepare_run_dir(run_dir: Path, config: RunConfig, files: list[tuple[str, in
                                f"given now):\n{difference}\nresume with the run's inputs, or "
                                "use a new --output")
     for sub in (DATA, FILTERED, REJECTED, PARTS):
-        (run_dir / sub).mkdir(parents=True, exist_ok=True)
+        run_dir.makedirs(sub)
 
 
 def largest_first(units: list[Unit], file_sizes: dict[str, int]) -> list[Unit]:
@@ -139,7 +153,7 @@ def run(config: RunConfig, inputs: list[str], output: str | Path, workers: int =
         raise RunError("--workers must be at least 1")
     files = expand_inputs(inputs)
     units = plan_units(files, config.read.chunk_bytes)
-    run_dir = Path(output)
+    run_dir = RunDir(output)
     _check_output(run_dir)
     if address:
         try:
@@ -160,7 +174,7 @@ def run(config: RunConfig, inputs: list[str], output: str | Path, workers: int =
 
 
 def _run_leased(config: RunConfig, files: list[tuple[str, int]], units: list[Unit],
-                run_dir: Path, lease: Lease, workers: int, address: str | None, resume: bool,
+                run_dir: RunDir, lease: Lease, workers: int, address: str | None, resume: bool,
                 overwrite: bool, on_unit: Callable[[dict[str, Any], int, int], None] | None,
                 on_step: Callable[[str, int, int], None] | None, started: float) -> RunResult:
     from refine.dag import process_units
@@ -180,9 +194,9 @@ def _run_leased(config: RunConfig, files: list[tuple[str, int]], units: list[Uni
         URLFilter(config.url).load()  # builds the blocklist cache once, before the workers map it
     _write_manifest(run_dir, manifest, units, "running")
     if pending:
-        (run_dir / DEDUP_STATS).unlink(missing_ok=True)  # new filtered shards: dedup again
+        run_dir.remove(run_dir.path(DEDUP_STATS))  # new filtered shards: dedup again
     done, docs_this_launch = len(units) - len(pending), 0
-    for summary in process_units(pending, config.model_dump_json(), str(run_dir), workers,
+    for summary in process_units(pending, config.model_dump_json(), run_dir.url(), workers,
                                  address):
         lease.check()
         done += 1
@@ -193,31 +207,32 @@ def _run_leased(config: RunConfig, files: list[tuple[str, int]], units: list[Uni
     lease.check()
     if config.dedup.enabled:
         if dedup_done(run_dir):
-            dedup = json.loads((run_dir / DEDUP_STATS).read_text())
+            dedup = run_dir.read_json(DEDUP_STATS)
         else:
             dedup = run_dedup(run_dir, config.dedup, config.output.rejected_text_chars,
                               config.output.compression,
                               _step_mapper(workers, address, on_step))
     lease.check()
-    stats = merge(load_parts(run_dir / PARTS), dict(units_per_input), dedup)
+    stats = merge(load_parts(run_dir), dict(units_per_input), dedup)
     check_run(run_dir, stats)  # accounting_ok: every input complete, counts and rows agree
     stats["config_hash"] = config.hash
     wall = time.monotonic() - started
     stats["last_launch"] = {"wall_s": round(wall, 3), "units": len(pending), "workers": workers,
                             "docs_per_s": round(docs_this_launch / wall, 1)}
-    write_json_atomic(run_dir / STATS, stats)
+    run_dir.write_json(stats, STATS)
     _write_manifest(run_dir, manifest, units, "complete")
-    return RunResult(run_dir, stats, len(units), len(units) - len(pending), wall)
+    shown: Path | str = Path(run_dir.root) if run_dir.local else run_dir.url()
+    return RunResult(shown, stats, len(units), len(units) - len(pending), wall)
 
 
-def _write_manifest(run_dir: Path, manifest: dict[str, Any], units: list[Unit],
+def _write_manifest(run_dir: RunDir, manifest: dict[str, Any], units: list[Unit],
                     status: str) -> None:
     for entry in manifest["inputs"]:
         mine = [u for u in units if u.path == entry["path"]]
         entry["units_done"] = sum(unit_done(run_dir, u) for u in mine)
         entry["complete"] = entry["units_done"] == len(mine)
     manifest["status"] = status
-    write_json_atomic(run_dir / MANIFEST, manifest)
+    run_dir.write_json(manifest, MANIFEST)
 
 
 def _step_mapper(workers: int, address: str | None,

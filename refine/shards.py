@@ -1,13 +1,14 @@
-"""Parquet shards: kept documents and rejected rows, written atomically (temp name, then rename)."""
+"""Parquet shards: kept documents and rejected rows, each file written whole."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+import contextlib
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from refine.rundir import RunDir
 
 # Metrics are stored as a list of {key, value} structs: the physical layout of an Arrow map, without
 # the map type, which `datasets` cannot type. pandas, polars, DuckDB (`map_from_entries`) and
@@ -61,24 +62,23 @@ def rows_to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
 
 
 class ShardWriter:
-    """Rows in, `{prefix}-{k:05d}.parquet` files out, rolling over at about `shard_bytes`."""
+    """Rows in, `sub/{prefix}-{k:05d}.parquet` files of a run directory out, rolling over at
+    about `shard_bytes`. Each file appears whole (refine.rundir.RunDir.writer)."""
 
-    def __init__(self, directory: Path, prefix: str, schema: pa.Schema, shard_bytes: int,
-                 compression: str = "zstd"):
-        self.directory, self.prefix, self.schema = directory, prefix, schema
+    def __init__(self, run_dir: RunDir, sub: str, prefix: str, schema: pa.Schema,
+                 shard_bytes: int, compression: str = "zstd"):
+        self.run_dir, self.sub, self.prefix, self.schema = run_dir, sub, prefix, schema
         self.shard_bytes = shard_bytes
         self.compression = None if compression == "none" else compression
         self.rows: list[dict[str, Any]] = []
         self.writer: pq.ParquetWriter | None = None
+        self._stream: contextlib.ExitStack | None = None
         self.shard_size = 0
         self.files: list[str] = []
-        directory.mkdir(parents=True, exist_ok=True)
+        run_dir.makedirs(sub)
 
     def _final_name(self) -> str:
         return f"{self.prefix}-{len(self.files):05d}.parquet"
-
-    def _temp_path(self) -> Path:
-        return self.directory / f".{self._final_name()}.tmp"
 
     def add(self, row: dict[str, Any], size: int) -> None:
         self.rows.append(row)
@@ -92,31 +92,22 @@ class ShardWriter:
         if not self.rows:
             return
         if self.writer is None:
-            self.writer = pq.ParquetWriter(self._temp_path(), self.schema,
-                                           compression=self.compression)
+            self._stream = contextlib.ExitStack()
+            handle = self._stream.enter_context(
+                self.run_dir.writer(self.run_dir.path(self.sub, self._final_name())))
+            self.writer = pq.ParquetWriter(handle, self.schema, compression=self.compression)
         self.writer.write_table(rows_to_table(self.rows, self.schema))
         self.rows = []
 
     def _finish_shard(self) -> None:
         self._flush_rows()
-        if self.writer is None:
+        if self.writer is None or self._stream is None:
             return
         self.writer.close()
-        final = self._final_name()
-        os.replace(self._temp_path(), self.directory / final)
-        self.files.append(final)
-        self.writer, self.shard_size = None, 0
+        self._stream.close()  # the file appears under its final name
+        self.files.append(self._final_name())
+        self.writer, self._stream, self.shard_size = None, None, 0
 
     def close(self) -> list[str]:
         self._finish_shard()
         return self.files
-
-
-def remove_unit_outputs(directory: Path, prefix: str) -> None:
-    """Delete a unit's shards and temp files, so an interrupted unit is redone from scratch."""
-    if not directory.exists():
-        return
-    for path in directory.iterdir():
-        name = path.name.lstrip(".")
-        if name.startswith(f"{prefix}-"):
-            path.unlink()

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from pathlib import Path
 from typing import Any
+
+from refine.rundir import PARTS, RunDir
 
 STAGES = ("read", "url", "extract", "language", "repetition", "quality", "lines", "write")
 # Whole-run stages, after "lines", in the order they are applied: URL dedup is decided before exact
@@ -55,10 +56,13 @@ def _new_input(units: int) -> dict[str, Any]:
     return {"units": units, "units_done": 0, "read": 0, "kept": 0, "rejected": 0, "by_reason": {}}
 
 
-def load_parts(parts_dir: Path) -> list[dict[str, Any]]:
-    if not parts_dir.exists():
-        return []
-    return [json.loads(p.read_text()) for p in sorted(parts_dir.glob("*.json"))]
+def load_parts(run_dir: RunDir) -> list[dict[str, Any]]:
+    """Every committed unit's statistics (RUN/stats/units/*.json)."""
+    out = []
+    for path in run_dir.files(PARTS, suffix=".json"):
+        with run_dir.open(path) as handle:
+            out.append(json.loads(handle.read()))
+    return out
 
 
 def merge(parts: list[dict[str, Any]], units_per_input: dict[str, int],

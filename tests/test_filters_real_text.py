@@ -104,10 +104,11 @@ def test_clean_news_is_kept(news) -> None:
     # Some articles are short: the only quality rule that may drop them is the word count.
     assert kept_frac(reasons["gopher_quality"]) >= 0.95
     assert set(reasons["gopher_quality"]) <= {None, "too_few_words"}
-    for d in docs:
+    for d, reason in zip(docs, reasons["gopher_quality"], strict=True):
         m = d.metrics
         assert 3 <= m["gopher_quality.mean_word_len"] <= 10
-        assert m["gopher_quality.stop_words"] >= 2
+        if reason is None:  # a short article may hold one stop word only: too_few_words first
+            assert m["gopher_quality.stop_words"] >= 2
         assert m["gopher_quality.alpha_word_frac"] >= 0.8
         assert m["gopher_repetition.dup_10gram_char_frac"] <= 0.10
 
@@ -185,8 +186,10 @@ def test_line_corrections_on_the_crawl(cc_texts: list[str]) -> None:
         new, removed, counts = f.correct_lines(text)
         raw_junk += junk_lines(text)
         assert junk_lines(new) == 0
-        # Exactly the removed words disappear, and correcting again changes nothing.
-        assert len(text.split()) - len(new.split()) == removed
+        # The words of removed lines disappear (edited lines count whole but keep some words),
+        # and correcting again changes nothing.
+        gone = len(text.split()) - len(new.split())
+        assert gone == removed if not counts["edited"] else gone < removed
         assert f.correct_lines(new)[1:] == (0, dict.fromkeys((*RULES, "edited"), 0))
         if removed == 0 and counts["edited"] == 0:
             assert new is text

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import fsspec
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from refine.dedup.minhash import MinHashConfig
+from refine.rundir import URL_SET  # a run's kept URLs, read by later runs' URL dedup
 
 MiB = 1 << 20
-URL_SET = "dedup/urls.parquet"  # a run's kept URLs, read by later runs' URL dedup
 
 
 class FuzzyDedupConfig(MinHashConfig):
@@ -44,15 +45,21 @@ class URLDedupConfig(BaseModel):
     @classmethod
     def _url_sets_exist(cls, runs: list[str]) -> list[str]:
         for run in runs:
-            if not url_set_path(run).is_file():
+            if not _is_file(url_set_path(run)):
                 raise ValueError(f"{run}: no URL set ({URL_SET}); is it a finished refine run "
                                  "with URL dedup?")
         return runs
 
 
-def url_set_path(run: str | Path) -> Path:
-    path = Path(run)
-    return path if path.suffix == ".parquet" else path / URL_SET
+def url_set_path(run: str | Path) -> str:
+    """A run's URL set (the run may be a local path or a URL), or `run` itself if a .parquet."""
+    run = str(run)
+    return run if run.endswith(".parquet") else f"{run.rstrip('/')}/{URL_SET}"
+
+
+def _is_file(location: str) -> bool:
+    fs, path = fsspec.core.url_to_fs(location)
+    return fs.isfile(path)
 
 
 class DedupConfig(BaseModel):

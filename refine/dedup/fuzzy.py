@@ -10,17 +10,18 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import posixpath
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from refine.dedup.components import connected_components
 from refine.dedup.config import FuzzyDedupConfig
 from refine.dedup.minhash import MinHasher, band_key_array
+from refine.rundir import RunDir
 from refine.urlnorm import split_url
 
 KEY_DTYPE = np.dtype([("key", "<u8"), ("doc", "<u8")])
@@ -57,8 +58,8 @@ class ShardDocs:
         return len(self.ids)
 
 
-def read_shard_docs(path: str | Path, shard: str) -> tuple[ShardDocs, list[str]]:
-    table = pq.read_table(path, columns=["id", "url", "text"])
+def read_shard_docs(run: RunDir, path: str, shard: str) -> tuple[ShardDocs, list[str]]:
+    table = run.read_table(path, columns=["id", "url", "text"])
     id_array = table.column("id").combine_chunks().cast(pa.string())
     ids = id_array.to_pylist()
     urls = table.column("url").to_pylist()
@@ -75,12 +76,13 @@ def read_shard_docs(path: str | Path, shard: str) -> tuple[ShardDocs, list[str]]
     return docs, texts
 
 
-def sign_shard(path: str, shard_index: int, bucket_dir: str, num_buckets: int,
+def sign_shard(run: RunDir, path: str, shard_index: int, bucket_dir: str, num_buckets: int,
                config: FuzzyDedupConfig | None) -> ShardDocs:
-    """Read one shard; with `config`, write its band keys to ``bucket_dir/NNNNN/`` files."""
+    """Read one shard; with `config`, write its band keys to ``bucket_dir/NNNNN/`` files
+    (`bucket_dir` relative to the run directory)."""
     started = time.process_time()
-    name = Path(path).name
-    docs, texts = read_shard_docs(path, name)
+    name = posixpath.basename(path)
+    docs, texts = read_shard_docs(run, path, name)
     if config is None:
         docs.cpu_s = time.process_time() - started
         return docs
@@ -101,15 +103,20 @@ def sign_shard(path: str, shard_index: int, bucket_dir: str, num_buckets: int,
         pending.append(entries)
         pending_keys += len(entries)
         if pending_keys >= FLUSH_KEYS:
-            _scatter(np.concatenate(pending), Path(bucket_dir), num_buckets, f"{name}-{part}")
+            _scatter(np.concatenate(pending), run, bucket_dir, num_buckets, f"{name}-{part}")
             pending, pending_keys, part = [], 0, part + 1
     if pending:
-        _scatter(np.concatenate(pending), Path(bucket_dir), num_buckets, f"{name}-{part}")
+        _scatter(np.concatenate(pending), run, bucket_dir, num_buckets, f"{name}-{part}")
     docs.cpu_s = time.process_time() - started
     return docs
 
 
-def _scatter(entries: np.ndarray, bucket_dir: Path, num_buckets: int, stem: str) -> None:
+def bucket_sub(bucket_dir: str, bucket: int) -> str:
+    return f"{bucket_dir}/{bucket:05d}"
+
+
+def _scatter(entries: np.ndarray, run: RunDir, bucket_dir: str, num_buckets: int,
+             stem: str) -> None:
     bucket = entries["key"] % np.uint64(num_buckets)
     order = np.argsort(bucket, kind="stable")
     entries, bucket = entries[order], bucket[order]
@@ -117,18 +124,23 @@ def _scatter(entries: np.ndarray, bucket_dir: Path, num_buckets: int, stem: str)
     for k in range(num_buckets):
         if bounds[k] == bounds[k + 1]:
             continue
-        target = bucket_dir / f"{k:05d}"
-        target.mkdir(parents=True, exist_ok=True)
-        np.save(target / f"{stem}.npy", entries[bounds[k] : bounds[k + 1]])
+        with run.writer(run.path(bucket_sub(bucket_dir, k), f"{stem}.npy")) as handle:
+            np.save(handle, entries[bounds[k] : bounds[k + 1]])
 
 
-def bucket_edges(directory: str) -> tuple[np.ndarray, float]:
-    """Documents sharing a band key, as (m, 2) uint64 packed document ids, each edge once."""
+def _load(run: RunDir, path: str) -> np.ndarray:
+    with run.open(path) as handle:
+        return np.load(io.BytesIO(handle.read()))
+
+
+def bucket_edges(run: RunDir, directory: str) -> tuple[np.ndarray, float]:
+    """Documents sharing a band key, as (m, 2) uint64 packed document ids, each edge once
+    (`directory` relative to the run directory)."""
     started = time.process_time()
-    files = sorted(Path(directory).glob("*.npy"))
+    files = run.files(directory, suffix=".npy")
     if not files:
         return np.empty((0, 2), dtype=np.uint64), 0.0
-    entries = np.concatenate([np.load(f) for f in files])
+    entries = np.concatenate([_load(run, f) for f in files])
     order = np.lexsort((entries["doc"], entries["key"]))
     key, doc = entries["key"][order], entries["doc"][order]
     same = key[1:] == key[:-1]

@@ -7,15 +7,14 @@ occurrence, the cut text) so the report can show them.
 
 from __future__ import annotations
 
+import posixpath
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from refine.atomic_file import atomic_write
 from refine.dedup.exact import DuplicateSpan, cut_spans
+from refine.rundir import DATA, REJECTED, SPANS, RunDir
 from refine.shards import KEPT_SCHEMA, REJECTED_SCHEMA, metrics_dict, rows_to_table
 
 SPAN_SCHEMA = pa.schema([
@@ -52,17 +51,11 @@ class RewriteResult:
     chars_cut: int
 
 
-def _write(table: pa.Table, path: Path, compression: str | None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as handle:
-        pq.write_table(table, handle, compression=compression or "none")
-
-
-def rewrite_shard(source: str, run_dir: str, edits: ShardEdits, rejected_text_chars: int,
+def rewrite_shard(source: str, run: RunDir, edits: ShardEdits, rejected_text_chars: int,
                   compression: str) -> RewriteResult:
     compression = None if compression == "none" else compression
-    name = Path(source).name
-    rows = pq.read_table(source).to_pylist()
+    name = posixpath.basename(source)
+    rows = run.read_table(source).to_pylist()
     kept: list[dict] = []
     rejected: list[dict] = []
     span_rows: list[dict] = []
@@ -96,13 +89,13 @@ def rewrite_shard(source: str, run_dir: str, edits: ShardEdits, rejected_text_ch
                 {"key": "exact_dedup.spans", "value": float(len(spans))}]
             row["token_count"] = len(row["text"].split())
         kept.append(row)
-    run = Path(run_dir)
     if kept:
-        _write(pa.Table.from_pylist(kept, schema=KEPT_SCHEMA), run / "data" / name, compression)
+        run.write_table(pa.Table.from_pylist(kept, schema=KEPT_SCHEMA), run.path(DATA, name),
+                        compression)
     if rejected:
-        _write(rows_to_table(rejected, REJECTED_SCHEMA),
-               run / "rejected" / f"dedup-{name}", compression)
+        run.write_table(rows_to_table(rejected, REJECTED_SCHEMA),
+                        run.path(REJECTED, f"dedup-{name}"), compression)
     if span_rows:
-        _write(pa.Table.from_pylist(span_rows, schema=SPAN_SCHEMA), run / "spans" / name,
-               compression)
+        run.write_table(pa.Table.from_pylist(span_rows, schema=SPAN_SCHEMA),
+                        run.path(SPANS, name), compression)
     return RewriteResult(name, len(kept), counts, len(span_rows), chars_cut)

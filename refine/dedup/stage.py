@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -24,14 +23,13 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from refine.atomic_file import write_json_atomic
 from refine.dedup.config import DedupConfig
 from refine.dedup.fuzzy import (
     KEY_DTYPE,
     ShardDocs,
     bucket_edges,
+    bucket_sub,
     choose_survivors,
     preference_order,
     sign_shard,
@@ -39,11 +37,18 @@ from refine.dedup.fuzzy import (
 from refine.dedup.rewrite import Removal, ShardEdits, rewrite_shard
 from refine.dedup.substrings import dedup_partition, partition_ranges
 from refine.dedup.urls import decide, read_url_sets, write_url_set
+from refine.rundir import (
+    DATA,
+    DEDUP_STATS,
+    DEDUP_WORK,
+    FILTERED,
+    REJECTED,
+    SPANS,
+    RunDir,
+    as_run_dir,
+)
 
 MapTasks = Callable[[str, Callable[..., Any], list[tuple]], list[Any]]  # (step name, fn, args)
-FILTERED, DATA, REJECTED, SPANS = "filtered", "data", "rejected", "spans"
-WORK = "dedup/work"
-DEDUP_STATS = "stats/dedup.json"
 MIN_BUCKETS = 8
 log = logging.getLogger(__name__)
 
@@ -59,41 +64,40 @@ class IdTable:
         return self.array[index].as_py()
 
 
-def dedup_done(run_dir: Path) -> bool:
-    return (run_dir / DEDUP_STATS).exists()
+def dedup_done(run_dir: RunDir) -> bool:
+    return run_dir.exists(DEDUP_STATS)
 
 
-def _clear_outputs(run_dir: Path) -> None:
+def _clear_outputs(run_dir: RunDir) -> None:
     """An interrupted dedup is redone from the filtered shards: remove what it wrote."""
-    for sub in (DATA, SPANS, WORK):
-        shutil.rmtree(run_dir / sub, ignore_errors=True)
-    for path in (run_dir / REJECTED).glob("dedup-*"):
-        path.unlink()
-    (run_dir / DATA).mkdir(parents=True)
+    for sub in (DATA, SPANS, DEDUP_WORK):
+        run_dir.remove_tree(sub)
+    run_dir.remove_prefixed(REJECTED, "dedup-")
+    run_dir.makedirs(DATA)
 
 
 def _stage(docs_in: int) -> dict[str, Any]:
     return {"in": docs_in, "out": docs_in, "rejected": {}, "cpu_s": 0.0}
 
 
-def run_dedup(run_dir: Path, config: DedupConfig, rejected_text_chars: int, compression: str,
-              map_tasks: MapTasks) -> dict[str, Any]:
+def run_dedup(run_dir: RunDir | str | Path, config: DedupConfig, rejected_text_chars: int,
+              compression: str, map_tasks: MapTasks) -> dict[str, Any]:
     started = time.monotonic()
-    run_dir = Path(run_dir)
+    run_dir = as_run_dir(run_dir)
     _clear_outputs(run_dir)
-    shards = sorted((run_dir / FILTERED).glob("*.parquet"))
-    total = sum(pq.ParquetFile(p).metadata.num_rows for p in shards)
+    shards = run_dir.files(FILTERED)
+    total = sum(run_dir.num_rows(p) for p in shards)
     fuzzy = config.fuzzy if config.fuzzy.enabled else None
     buckets = 1
     if fuzzy is not None:
         key_bytes = total * fuzzy.num_bands * KEY_DTYPE.itemsize
         # at least MIN_BUCKETS, so that every worker shares the grouping even on small runs
         buckets = max(MIN_BUCKETS, math.ceil(key_bytes / fuzzy.bucket_bytes))
-    bucket_dir = run_dir / WORK / "bands"
+    bucket_dir = f"{DEDUP_WORK}/bands"
     log.info("dedup: %d documents in %d shards", total, len(shards))
     per_shard: list[ShardDocs] = map_tasks(
         "dedup: signatures", sign_shard,
-        [(str(p), i, str(bucket_dir), buckets, fuzzy) for i, p in enumerate(shards)])
+        [(run_dir, p, i, bucket_dir, buckets, fuzzy) for i, p in enumerate(shards)])
     offsets = np.cumsum([0] + [len(d) for d in per_shard]).astype(np.int64)
     ids = IdTable([d.ids for d in per_shard])
     chars = np.concatenate([d.chars for d in per_shard]) if per_shard else np.empty(0, np.int64)
@@ -107,7 +111,7 @@ def run_dedup(run_dir: Path, config: DedupConfig, rejected_text_chars: int, comp
         stage = stages["fuzzy_dedup"] = _stage(total)
         stage["cpu_s"] = sum(d.cpu_s for d in per_shard)
         results = map_tasks("dedup: band buckets", bucket_edges,
-                            [(str(d),) for d in sorted(bucket_dir.glob("*"))])
+                            [(run_dir, bucket_sub(bucket_dir, k)) for k in range(buckets)])
         edges = np.concatenate([e for e, _ in results]) if results else np.empty((0, 2), "u8")
         stage["cpu_s"] += sum(cpu for _, cpu in results)
         survivors = choose_survivors(edges, offsets, rank)
@@ -142,9 +146,10 @@ def run_dedup(run_dir: Path, config: DedupConfig, rejected_text_chars: int, comp
         ranges = partition_ranges(chars, alive, config.exact.partition_bytes)
         tasks = []
         for lo, hi in ranges:
-            overlapping = [(str(shards[i]), int(offsets[i])) for i in range(len(shards))
+            overlapping = [(shards[i], int(offsets[i])) for i in range(len(shards))
                            if offsets[i] < hi and offsets[i + 1] > lo]
-            tasks.append((overlapping, lo, hi, alive[lo:hi], rank[lo:hi], config.exact))
+            tasks.append((run_dir, overlapping, lo, hi, alive[lo:hi], rank[lo:hi],
+                          config.exact))
         spans_cut = 0
         for part in map_tasks("dedup: exact substrings", dedup_partition, tasks):
             stage["cpu_s"] += part.cpu_s
@@ -174,7 +179,7 @@ def run_dedup(run_dir: Path, config: DedupConfig, rejected_text_chars: int, comp
     for doc, spans in spans_by_doc.items():
         edits[shard_of[doc]].spans[doc - int(offsets[shard_of[doc]])] = spans
     rewritten = map_tasks("dedup: rewrite shards", rewrite_shard, [
-        (str(path), str(run_dir), edit, rejected_text_chars, compression)
+        (path, run_dir, edit, rejected_text_chars, compression)
         for path, edit in zip(shards, edits, strict=True)])
 
     by_input: dict[str, Counter[str]] = {}
@@ -195,6 +200,6 @@ def run_dedup(run_dir: Path, config: DedupConfig, rejected_text_chars: int, comp
         "inputs": {path: dict(sorted(c.items())) for path, c in sorted(by_input.items())},
         "wall_s": round(time.monotonic() - started, 3),
     }
-    shutil.rmtree(run_dir / WORK, ignore_errors=True)
-    write_json_atomic(run_dir / DEDUP_STATS, summary)
+    run_dir.remove_tree(DEDUP_WORK)
+    run_dir.write_json(summary, DEDUP_STATS)  # last: marks the stage done
     return summary

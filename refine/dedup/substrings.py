@@ -12,10 +12,10 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from refine.dedup.config import ExactDedupConfig
 from refine.dedup.exact import DuplicateSpan, cut_spans, find_duplicate_spans
+from refine.rundir import RunDir
 
 
 @dataclass
@@ -43,14 +43,15 @@ def partition_ranges(chars: np.ndarray, alive: np.ndarray, limit: int) -> list[t
     return ranges
 
 
-def dedup_partition(shards: list[tuple[str, int]], lo: int, hi: int, alive: np.ndarray,
-                    rank: np.ndarray, config: ExactDedupConfig) -> PartitionSpans:
+def dedup_partition(run: RunDir, shards: list[tuple[str, int]], lo: int, hi: int,
+                    alive: np.ndarray, rank: np.ndarray,
+                    config: ExactDedupConfig) -> PartitionSpans:
     """`shards`: (path, global index of its first row) of every shard overlapping [lo, hi);
     `alive` and `rank` are the slices [lo, hi) of the run-wide arrays."""
     started = time.process_time()
     texts: dict[int, str] = {}
     for path, first in shards:
-        column = pq.read_table(path, columns=["text"]).column("text")
+        column = run.read_table(path, columns=["text"]).column("text")
         start, stop = max(lo, first), min(hi, first + len(column))
         for offset, text in enumerate(column.slice(start - first, stop - start).to_pylist()):
             if alive[start + offset - lo]:

@@ -8,14 +8,14 @@ documents whose URL one of them kept, naming the earlier document in ``duplicate
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from refine.atomic_file import atomic_write
 from refine.dedup.config import url_set_path
+from refine.rundir import URL_SET, RunDir
 
 URL_SET_SCHEMA = pa.schema([("url_hash", pa.uint64()), ("id", pa.string())])
 
@@ -31,7 +31,8 @@ def read_url_sets(runs: list[str]) -> tuple[np.ndarray, list[str]]:
     hashes: list[np.ndarray] = []
     ids: list[str] = []
     for run in runs:
-        table = pq.read_table(url_set_path(run))
+        with fsspec.open(url_set_path(run), "rb") as handle:
+            table = pq.read_table(handle)
         hashes.append(table.column("url_hash").to_numpy())
         ids += table.column("id").to_pylist()
     if not hashes:
@@ -65,14 +66,11 @@ def decide(url_hash: np.ndarray, alive: np.ndarray, rank: np.ndarray,
     return URLDecision(duplicate_of, earlier_run_id)
 
 
-def write_url_set(run_dir: Path, url_hash: np.ndarray, ids: pa.ChunkedArray,
+def write_url_set(run_dir: RunDir, url_hash: np.ndarray, ids: pa.ChunkedArray,
                   kept: np.ndarray) -> None:
     rows = np.flatnonzero(kept & (url_hash != 0))
     rows = rows[np.argsort(url_hash[rows], kind="stable")]
     table = pa.table({"url_hash": pa.array(url_hash[rows], pa.uint64()),
                       "id": ids.take(pa.array(rows, pa.int64()))},
                      schema=URL_SET_SCHEMA)
-    path = url_set_path(run_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as handle:
-        pq.write_table(table, handle, compression="zstd")
+    run_dir.write_table(table, run_dir.path(URL_SET), "zstd")

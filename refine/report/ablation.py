@@ -13,9 +13,12 @@ ABLATION_FILE = "ablation.json"
 EVAL_LABELS = {"curated": "curated (Wikipedia + news)", "heldout": "held-out refined"}
 
 
-def find_ablation(run_dir: Path, explicit: Path | None = None) -> Path | None:
+def find_ablation(run_dir: Path | None, explicit: Path | None = None) -> Path | None:
     """DIR/ablation.json: `explicit` (a directory or the file), else RUN/ or RUN's parent."""
-    candidates = [explicit] if explicit is not None else [run_dir, run_dir.parent]
+    if explicit is not None:
+        candidates = [explicit]
+    else:
+        candidates = [run_dir, run_dir.parent] if run_dir is not None else []
     for candidate in candidates:
         path = candidate if candidate.suffix == ".json" else candidate / ABLATION_FILE
         if path.is_file():

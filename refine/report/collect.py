@@ -4,7 +4,6 @@ spans/; Parquet columns are streamed in batches, never whole texts of the kept d
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import Counter, defaultdict
@@ -20,6 +19,16 @@ from refine import accounting
 from refine.report import whatif
 from refine.report.columns import metric_arrays, word_counts
 from refine.report.examples import Reservoir, highlights
+from refine.rundir import (
+    DATA,
+    DEDUP_STATS,
+    MANIFEST,
+    REJECTED,
+    SPANS,
+    STATS,
+    RunDir,
+    as_run_dir,
+)
 from refine.shards import metrics_dict
 from refine.stats import DEDUP_STAGES, STAGES, load_parts, merge
 
@@ -54,16 +63,17 @@ class _Progress:
         log.info("%s: %d rows in %.1f s", self.what, self.rows, time.monotonic() - self.started)
 
 
-def _batches(directory: Path, columns: list[str]):
-    """(file, first row of the batch, batch) over the directory's Parquet files, in name order."""
-    for path in sorted(directory.glob("*.parquet")):
-        pf = pq.ParquetFile(path)
-        names = set(pf.schema_arrow.names)
-        row = 0
-        for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=[c for c in columns
-                                                                      if c in names]):
-            yield path, row, batch
-            row += batch.num_rows
+def _batches(run: RunDir, sub: str, columns: list[str]):
+    """(file, first row of the batch, batch) over the Parquet files of `sub`, in name order."""
+    for path in run.files(sub):
+        with run.open(path) as handle:
+            pf = pq.ParquetFile(handle)
+            names = set(pf.schema_arrow.names)
+            row = 0
+            for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=[c for c in columns
+                                                                          if c in names]):
+                yield path, row, batch
+                row += batch.num_rows
 
 
 def _codes(array: pa.Array) -> tuple[np.ndarray, list[str]]:
@@ -88,22 +98,20 @@ def _ordered(stats: dict[str, Any]) -> dict[str, Any]:
     return stats
 
 
-def load_stats(run: Path, manifest: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+def load_stats(run: RunDir, manifest: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     stats, notes = _load_stats(run, manifest)
     return _ordered(stats), notes
 
 
-def _load_stats(run: Path, manifest: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+def _load_stats(run: RunDir, manifest: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """stats.json, checked against a fresh merge of the per-unit files (the merge wins when they
     disagree, e.g. a resumed launch that has not finished: it covers every finished unit)."""
     notes: list[str] = []
-    parts = load_parts(run / "stats" / "units")
+    parts = load_parts(run)
     units = {entry["path"]: entry.get("units", 0) for entry in manifest.get("inputs", [])}
-    dedup_path = run / "stats" / "dedup.json"
-    dedup = json.loads(dedup_path.read_text()) if dedup_path.exists() else None
+    dedup = run.read_json(DEDUP_STATS) if run.exists(DEDUP_STATS) else None
     merged = merge(parts, units, dedup) if parts else None
-    saved_path = run / "stats.json"
-    saved = json.loads(saved_path.read_text()) if saved_path.exists() else None
+    saved = run.read_json(STATS) if run.exists(STATS) else None
     if saved is None and merged is None:
         raise ReportError(f"{run} has neither stats.json nor stats/units/*.json")
     if saved is None:
@@ -122,7 +130,7 @@ def _load_stats(run: Path, manifest: dict[str, Any]) -> tuple[dict[str, Any], li
     return saved, notes
 
 
-def _scan_rejected(run: Path, config: dict[str, Any], keys: dict[str, list[str]],
+def _scan_rejected(run: RunDir, config: dict[str, Any], keys: dict[str, list[str]],
                    samples: int, seed: int) -> dict[str, Any]:
     reservoir = Reservoir(samples, seed)
     stage_rows: dict[str, whatif.StageRows] = defaultdict(whatif.StageRows)
@@ -135,7 +143,7 @@ def _scan_rejected(run: Path, config: dict[str, Any], keys: dict[str, list[str]]
     columns = ["id", "url", "file_path", "stage", "reason", "duplicate_of", "language", "metrics",
                "text", "text_chars"]
     progress = _Progress("rejected/")
-    for _, _, batch in _batches(run / "rejected", columns):
+    for _, _, batch in _batches(run, REJECTED, columns):
         progress.add(batch.num_rows)
         stage = pc.fill_null(batch.column("stage"), "")
         reason = pc.fill_null(batch.column("reason"), "")
@@ -191,12 +199,12 @@ def _example(row: dict[str, Any], stage: str, reason: str, config: dict[str, Any
             "highlights": highlights(stage, reason, text, config)}
 
 
-def _scan_spans(run: Path, samples: int, seed: int) -> dict[str, Any]:
+def _scan_spans(run: RunDir, samples: int, seed: int) -> dict[str, Any]:
     reservoir = Reservoir(samples, seed + 1)
     tokens: Counter[int] = Counter()
     count = chars = 0
     docs: set[str] = set()
-    for _, _, batch in _batches(run / "spans", ["id", "start", "end", "tokens", "duplicate_of",
+    for _, _, batch in _batches(run, SPANS, ["id", "start", "end", "tokens", "duplicate_of",
                                                 "text"]):
         count += batch.num_rows
         starts = batch.column("start").to_numpy(zero_copy_only=False)
@@ -209,7 +217,7 @@ def _scan_spans(run: Path, samples: int, seed: int) -> dict[str, Any]:
     wanted = pa.array(sorted({s["id"] for s in samples}), type=pa.string())
     cuts: dict[str, list[tuple[int, int]]] = defaultdict(list)
     if len(wanted):
-        for _, _, batch in _batches(run / "spans", ["id", "start", "end"]):
+        for _, _, batch in _batches(run, SPANS, ["id", "start", "end"]):
             hits = batch.filter(pc.is_in(batch.column("id"), wanted)).to_pylist()
             for hit in hits:
                 cuts[hit["id"]].append((hit["start"], hit["end"]))
@@ -217,7 +225,7 @@ def _scan_spans(run: Path, samples: int, seed: int) -> dict[str, Any]:
             "samples": samples, "cuts": cuts}
 
 
-def _scan_kept(run: Path, keys: list[str], samples: int, seed: int,
+def _scan_kept(run: RunDir, keys: list[str], samples: int, seed: int,
                wanted: set[str]) -> dict[str, Any]:
     reservoir = Reservoir(samples, seed + 2)
     metric_parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
@@ -225,11 +233,11 @@ def _scan_kept(run: Path, keys: list[str], samples: int, seed: int,
     by_file: Counter[str] = Counter()
     languages: Counter[str] = Counter()
     language_words: Counter[str] = Counter()
-    found: dict[str, tuple[Path, int]] = {}
+    found: dict[str, tuple[str, int]] = {}
     wanted_array = pa.array(sorted(wanted), type=pa.string())
     progress = _Progress("data/")
-    for path, first, batch in _batches(run / "data", ["id", "file_path", "language",
-                                                      "token_count", "metrics"]):
+    for path, first, batch in _batches(run, DATA, ["id", "file_path", "language",
+                                                   "token_count", "metrics"]):
         progress.add(batch.num_rows)
         words = pc.fill_null(batch.column("token_count"), 0).to_numpy(zero_copy_only=False)
         word_parts.append(words.astype(np.int64))
@@ -251,7 +259,7 @@ def _scan_kept(run: Path, keys: list[str], samples: int, seed: int,
             names=["path", "row"])
         reservoir.offer(where, np.zeros(batch.num_rows, dtype=np.int64), ["kept"])
     progress.done()
-    positions = [(Path(r["path"]), r["row"]) for r in reservoir.rows("kept")]
+    positions = [(r["path"], r["row"]) for r in reservoir.rows("kept")]
     return {
         "metrics": {k: np.concatenate(v) if v else np.zeros(0) for k, v in metric_parts.items()},
         "words": np.concatenate(word_parts) if word_parts else np.zeros(0, dtype=np.int64),
@@ -260,28 +268,32 @@ def _scan_kept(run: Path, keys: list[str], samples: int, seed: int,
     }
 
 
-def _fetch_rows(positions: list[tuple[Path, int]], columns: list[str]) -> list[dict[str, Any]]:
+def _fetch_rows(run: RunDir, positions: list[tuple[str, int]],
+                columns: list[str]) -> list[dict[str, Any]]:
     """The rows at (file, row) positions, reading only the row groups that hold them."""
-    out: dict[tuple[Path, int], dict[str, Any]] = {}
-    by_file: dict[Path, list[int]] = defaultdict(list)
+    out: dict[tuple[str, int], dict[str, Any]] = {}
+    by_file: dict[str, list[int]] = defaultdict(list)
     for path, row in positions:
         by_file[path].append(row)
     for path, rows in by_file.items():
-        pf = pq.ParquetFile(path)
-        starts = np.cumsum([0] + [pf.metadata.row_group(i).num_rows
-                                  for i in range(pf.num_row_groups)])
-        for group in sorted({int(np.searchsorted(starts, r, side="right") - 1) for r in rows}):
-            table = pf.read_row_group(group, columns=columns)
-            for r in rows:
-                if starts[group] <= r < starts[group + 1]:
-                    out[(path, r)] = table.slice(r - starts[group], 1).to_pylist()[0]
+        with run.open(path) as handle:
+            pf = pq.ParquetFile(handle)
+            starts = np.cumsum([0] + [pf.metadata.row_group(i).num_rows
+                                      for i in range(pf.num_row_groups)])
+            for group in sorted({int(np.searchsorted(starts, r, side="right") - 1)
+                                 for r in rows}):
+                table = pf.read_row_group(group, columns=columns)
+                for r in rows:
+                    if starts[group] <= r < starts[group + 1]:
+                        out[(path, r)] = table.slice(r - starts[group], 1).to_pylist()[0]
     return [out[p] for p in positions]
 
 
-def _span_examples(spans: dict[str, Any], kept: dict[str, Any], context: int = 300) -> list[dict]:
+def _span_examples(run: RunDir, spans: dict[str, Any], kept: dict[str, Any],
+                   context: int = 300) -> list[dict]:
     """Each sampled span in its document: the kept text around where it was cut."""
     samples = [s for s in spans["samples"] if s["id"] in kept["found"]]
-    rows = _fetch_rows([kept["found"][s["id"]] for s in samples], ["id", "text"])
+    rows = _fetch_rows(run, [kept["found"][s["id"]] for s in samples], ["id", "text"])
     out = []
     for span, row in zip(samples, rows, strict=True):
         text = row["text"] or ""
@@ -323,11 +335,11 @@ def _funnel(stats: dict[str, Any], words_by_reason: Counter[str], kept_words: in
     return rows
 
 
-def collect(run: Path, samples: int = 5, seed: int = 0) -> dict[str, Any]:
-    manifest_path = run / "manifest.json"
-    if not manifest_path.exists():
+def collect(run: RunDir | str | Path, samples: int = 5, seed: int = 0) -> dict[str, Any]:
+    run = as_run_dir(run)
+    if not run.exists(MANIFEST):
         raise ReportError(f"{run} is not a run directory: no manifest.json")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = run.read_json(MANIFEST)
     config = manifest.get("config", {})
     stats, notes = load_stats(run, manifest)
     keys = whatif.metric_keys(config)
@@ -335,7 +347,7 @@ def collect(run: Path, samples: int = 5, seed: int = 0) -> dict[str, Any]:
     spans = _scan_spans(run, samples, seed)
     wanted = {s["id"] for s in spans["samples"]}
     kept = _scan_kept(run, sorted({k for ks in keys.values() for k in ks}), samples, seed, wanted)
-    kept_rows = _fetch_rows(kept["samples"], ["id", "url", "language", "text", "token_count",
+    kept_rows = _fetch_rows(run, kept["samples"], ["id", "url", "language", "text", "token_count",
                                               "metrics"])
     kept_examples = [{"id": r["id"], "url": r["url"], "language": r["language"],
                       "text": (r["text"] or "")[:EXAMPLE_CHARS], "text_chars": len(r["text"] or ""),
@@ -361,6 +373,6 @@ def collect(run: Path, samples: int = 5, seed: int = 0) -> dict[str, Any]:
                   "clusters": len(rejected["clusters"]),
                   "spans": {k: spans[k] for k in ("spans", "chars", "documents")},
                   "span_tokens": dict(sorted(spans["tokens"].items())),
-                  "span_examples": _span_examples(spans, kept)},
+                  "span_examples": _span_examples(run, spans, kept)},
         "files": verdict["files"], "accounting": verdict,
     }
