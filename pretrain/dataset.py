@@ -17,17 +17,97 @@ where training stopped, on any number of ranks.
 `TokenDataset` is map-style (`__len__`, `__getitem__` -> int64 array of seq_len + 1), so a
 `torch.utils.data.DataLoader(dataset, batch_size=..., shuffle=False)` can wrap it; memmaps open
 lazily, so it pickles cheaply into DataLoader workers.
+
+`read_manifest` checks TOKENS before anything is read from it: a missing directory, a refine run
+directory, a damaged manifest or shard file is a TokensError (a ConfigError) that names it and
+the `python -m pretrain.tokenize` command that makes TOKENS.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pretrain.tokenize import MANIFEST
+from pretrain.tokenize import FORMAT, MANIFEST, SPLITS
+from refine.configfile import ConfigError  # = pretrain.config's, without importing torch
+
+MAKE_TOKENS = "python -m pretrain.tokenize --data RUN/data --tokenizer TOK --out TOKENS"
+REFINE_RUN_KIND = "refine-run"  # refine.run.KIND: the manifest.json of a refine run
+
+
+class TokensError(ConfigError):
+    """A TOKENS directory that is missing, of another kind (a refine run) or damaged."""
+
+
+def read_manifest(tokens_dir: Path) -> dict[str, Any]:
+    """TOKENS' manifest, checked to be `pretrain.tokenize`'s and to hold what is read from it
+    (TokensError otherwise, naming the directory and the command that makes one)."""
+    manifest = _load_manifest(tokens_dir)
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise TokensError(f"{tokens_dir / MANIFEST} is damaged: {problem}; make TOKENS again "
+                          f"with `{MAKE_TOKENS} --overwrite`")
+    return manifest
+
+
+def _load_manifest(tokens_dir: Path) -> dict[str, Any]:
+    if not tokens_dir.is_dir():
+        what = "is not a directory" if tokens_dir.exists() else "does not exist"
+        raise TokensError(f"{tokens_dir} {what}: TOKENS is the directory of token shards "
+                          f"that `{MAKE_TOKENS}` makes")
+    path = tokens_dir / MANIFEST
+    if not path.is_file():
+        make = MAKE_TOKENS
+        if any(tokens_dir.glob("*.parquet")):  # a refine run's data/
+            make = make.replace("RUN/data", str(tokens_dir))
+        raise TokensError(f"{tokens_dir} has no {MANIFEST}, so it is not a directory of token "
+                          f"shards; make one with `{make}`")
+    try:
+        manifest = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise TokensError(f"{path} is damaged (not JSON: {error}); make TOKENS again with "
+                          f"`{MAKE_TOKENS} --overwrite`") from None
+    if isinstance(manifest, dict) and manifest.get("kind") == REFINE_RUN_KIND:
+        raise TokensError(f"{tokens_dir} is a refine run directory, not token shards: make them "
+                          f"with `python -m pretrain.tokenize --data {tokens_dir / 'data'} "
+                          "--tokenizer TOK --out TOKENS` and pass TOKENS")
+    return manifest
+
+
+def _manifest_problem(manifest: Any) -> str | None:
+    """What is wrong with a parsed manifest, or None."""
+    if not isinstance(manifest, dict):
+        return f"a JSON {type(manifest).__name__}, not an object"
+    if manifest.get("format", FORMAT) != FORMAT:
+        return f"format {manifest['format']!r}, this version reads {FORMAT!r}"
+    for key in ("dtype", "shards"):
+        if key not in manifest:
+            return f"no {key!r}"
+    try:
+        dtype = np.dtype(manifest["dtype"])
+    except (TypeError, ValueError):
+        dtype = None
+    if dtype is None or dtype.kind not in "ui":
+        return f"'dtype' {manifest['dtype']!r} is not an integer dtype"
+    if not isinstance(manifest["shards"], list):
+        return "'shards' is not a list"
+    return next(filter(None, (_shard_problem(i, s) for i, s in enumerate(manifest["shards"]))),
+                None)
+
+
+def _shard_problem(index: int, shard: Any) -> str | None:
+    if not isinstance(shard, dict) or not isinstance(shard.get("name"), str):
+        return f"shards[{index}] has no 'name'"
+    for split in SPLITS:
+        counts = shard.get(split)
+        tokens = counts.get("tokens") if isinstance(counts, dict) else None
+        if not isinstance(tokens, int) or tokens < 0:
+            return f"shards[{index}] ({shard['name']}) has no {split!r} token count"
+    return None
 
 
 class TokenDataset:
@@ -41,7 +121,7 @@ class TokenDataset:
         if consumed_samples % world_size:
             raise ValueError("consumed_samples must be a multiple of world_size (whole steps)")
         self.tokens_dir = Path(tokens_dir)
-        self.manifest: dict[str, Any] = json.loads((self.tokens_dir / MANIFEST).read_text())
+        self.manifest: dict[str, Any] = read_manifest(self.tokens_dir)
         self.dtype = np.dtype(self.manifest["dtype"]).newbyteorder("<")
         self.seq_len, self.split, self.seed = seq_len, split, seed
         self.rank, self.world_size = rank, world_size
@@ -49,6 +129,7 @@ class TokenDataset:
         shards = [s for s in self.manifest["shards"] if s[split]["tokens"] > 0]
         self.paths = [self.tokens_dir / split / f"{s['name']}.bin" for s in shards]
         sizes = np.asarray([s[split]["tokens"] for s in shards], dtype=np.int64)
+        self._check_shards(sizes)
         self.starts = np.concatenate([[0], np.cumsum(sizes)])  # stream offset of each shard
         self.total_tokens = int(self.starts[-1])
         self.num_samples = max(0, (self.total_tokens - 1) // seq_len)
@@ -58,6 +139,17 @@ class TokenDataset:
                              f"{seq_len + 1} for {world_size} ranks")
         self._maps: list[np.memmap] | None = None
         self._permutation: tuple[int, np.ndarray] | None = None
+
+    def _check_shards(self, sizes: np.ndarray) -> None:
+        """Every shard file is there with the manifest's number of tokens."""
+        for path, tokens in zip(self.paths, sizes.tolist(), strict=True):
+            expected = tokens * self.dtype.itemsize
+            found = path.stat().st_size if path.is_file() else None
+            if found != expected:
+                what = "is missing" if found is None else f"holds {found} bytes"
+                raise TokensError(f"{path} {what}, {self.tokens_dir / MANIFEST} says {tokens} "
+                                  f"tokens of {self.dtype.name} ({expected} bytes): TOKENS is "
+                                  f"damaged; make it again with `{MAKE_TOKENS} --overwrite`")
 
     # --- order -------------------------------------------------------------------------------
 
@@ -129,18 +221,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq-len", type=int, default=2048, help="window length minus one")
     parser.add_argument("--world-size", type=int, default=1, help="data-parallel ranks")
     args = parser.parse_args(argv)
+    try:
+        summary = summarise(args.tokens, args.seq_len, args.world_size)
+    except TokensError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps({"seq_len": args.seq_len, "world_size": args.world_size, **summary}))
+    return 0
+
+
+def summarise(tokens: Path, seq_len: int, world_size: int) -> dict[str, Any]:
+    """Per split: tokens, windows and samples per epoch (or why there are none)."""
     summary: dict[str, Any] = {}
-    for split in ("train", "val"):
+    for split in SPLITS:
         try:
-            dataset = TokenDataset(args.tokens, args.seq_len, split, world_size=args.world_size)
+            dataset = TokenDataset(tokens, seq_len, split, world_size=world_size)
+        except TokensError:
+            raise
         except ValueError as error:
             summary[split] = {"error": str(error)}
             continue
         summary[split] = {"tokens": dataset.total_tokens, "windows": dataset.num_samples,
                           "samples_per_epoch": dataset.samples_per_epoch,
                           "samples_per_rank_per_epoch": len(dataset)}
-    print(json.dumps({"seq_len": args.seq_len, "world_size": args.world_size, **summary}))
-    return 0
+    return summary
 
 
 if __name__ == "__main__":

@@ -56,9 +56,11 @@ from pretrain.model import CausalLM, ModelConfig
 from pretrain.train import (
     build_engine,
     deepspeed_config,
+    exit_process,
     init_distributed,
     lr_at,
     seed_everything,
+    shutdown_distributed,
 )
 
 log = logging.getLogger("pretrain.finetune")
@@ -268,13 +270,17 @@ def finetune(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    code = 1
     try:
         finetune(args)
+        code = 0
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+        code = 2
+    finally:
+        shutdown_distributed(succeeded=code == 0)
+    return code
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_process(main())  # not raise SystemExit: see exit_process (gloo threads at exit)

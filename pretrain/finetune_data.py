@@ -11,6 +11,9 @@
               or MRPC's TSV (header `Quality  #1 ID  #2 ID  #1 String  #2 String`). An example is
               text EOS [text_pair EOS]; the classifier reads the hidden state of the last token.
 
+Files are UTF-8 (a BOM is fine). A file not in its task's format raises DataError (a
+pretrain.config.ConfigError) naming the file, the line and what was expected there.
+
 Labels follow pretrain.model: aligned with input_ids (the model shifts), -100 ignored. Batches
 are right-padded with PAD_ID (input) and -100 (labels).
 """
@@ -21,9 +24,11 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from pretrain.config import ConfigError
 from pretrain.export import EOS_ID
 from pretrain.model import IGNORE_INDEX
 
@@ -65,40 +70,123 @@ def classify_example(parts: Sequence[list[int]], label: int, seq_len: int) -> Ex
     return Example(ids, label)
 
 
-def _jsonl(path: Path) -> list[dict]:
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
+SFT_JSONL = 'JSONL, one {"prompt": "...", "response": "..."} per line (--task sft)'
+TEXT_JSONL = 'JSONL, one {"text": "..."} per line (--task text)'
+CLASSIFY_JSONL = ('JSONL, one {"text": "...", ["text_pair": "...",] "label": 0, 1, ...} per line '
+                  '(--task classify)')
+MRPC_TSV = "MRPC's TSV (a header line of tab-separated Quality, #1 ID, #2 ID, #1 String, #2 String)"
+
+
+class DataError(ConfigError):
+    """A fine-tuning file that is missing or not in its task's format: the message names the
+    file, the line and what was expected there."""
+
+
+def read_file(path: Path) -> str:
+    """The text of a data file: UTF-8, with or without a BOM."""
+    if not path.is_file():
+        raise DataError(f"{path} {'is not a file' if path.exists() else 'does not exist'}")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: byte 0x{data[error.start]:02x} is not UTF-8; save the "
+                        "file as UTF-8") from None
+
+
+def _jsonl(path: Path, expected: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) of each non-blank line. Lines end at \\n only: a JSON string may
+    hold U+2028 and other characters str.splitlines() would split at."""
+    rows = []
+    for number, line in enumerate(read_file(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict):
+            hint = (" (MRPC's TSV, which --task classify reads from a file not named .jsonl)"
+                    if line.startswith("Quality\t") else "")
+            raise DataError(f"{path}:{number}: not a JSON object{hint}; expected {expected}")
+        rows.append((number, row))
+    return rows
+
+
+def _strings(path: Path, number: int, row: dict[str, Any], keys: Sequence[str],
+             expected: str) -> list[str]:
+    """row[key] for each key, which must be strings."""
+    missing = [key for key in keys if not isinstance(row.get(key), str)]
+    if missing:
+        names = " and ".join(json.dumps(key) for key in missing)
+        raise DataError(f"{path}:{number}: {names} missing or not a string (keys: "
+                        f"{sorted(row)}); expected {expected}")
+    return [row[key] for key in keys]
+
+
+def _label(path: Path, number: int, value: Any, expected: str) -> int:
+    """A class label: a non-negative integer (1, "1" or 1.0)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise DataError(f"{path}:{number}: label {value!r} is not a class (0, 1, ...); "
+                        f"expected {expected}")
+    return value
 
 
 def read_sft(path: Path, encode: Encode, seq_len: int) -> list[Example]:
-    examples = [sft_example(encode(row["prompt"]), encode(row["response"]), seq_len)
-                for row in _jsonl(path)]
+    pairs = [_strings(path, number, row, ("prompt", "response"), SFT_JSONL)
+             for number, row in _jsonl(path, SFT_JSONL)]
+    examples = [sft_example(encode(prompt), encode(response), seq_len)
+                for prompt, response in pairs]
     return [e for e in examples if e is not None]
 
 
 def read_text(path: Path, encode: Encode, seq_len: int) -> list[Example]:
     if path.suffix == ".jsonl":
-        docs = [row["text"] for row in _jsonl(path)]
+        docs = [_strings(path, number, row, ("text",), TEXT_JSONL)[0]
+                for number, row in _jsonl(path, TEXT_JSONL)]
     else:
-        docs = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        docs = [line for line in read_file(path).splitlines() if line.strip()]
     return text_windows([encode(doc) for doc in docs], seq_len)
+
+
+def _classify_row(path: Path, number: int, row: dict[str, Any]) -> tuple[list[str], int]:
+    texts = _strings(path, number, row, ("text",), CLASSIFY_JSONL)
+    if row.get("text_pair"):
+        texts += _strings(path, number, row, ("text_pair",), CLASSIFY_JSONL)
+    if "label" not in row:
+        raise DataError(f'{path}:{number}: no "label" (keys: {sorted(row)}); '
+                        f"expected {CLASSIFY_JSONL}")
+    return texts, _label(path, number, row["label"], CLASSIFY_JSONL)
+
+
+def _mrpc_rows(path: Path, lines: list[str]) -> list[tuple[list[str], int]]:
+    if not lines or not lines[0].startswith("Quality\t"):
+        hint = " (it holds JSON: name it .jsonl)" if lines and lines[0].startswith("{") else ""
+        raise DataError(f"{path}:1: not the header of MRPC's TSV{hint}; expected {MRPC_TSV}, "
+                        f"or {CLASSIFY_JSONL} in a .jsonl file")
+    rows = []
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != 5:
+            raise DataError(f"{path}:{number}: {len(fields)} tab-separated fields; expected 5 "
+                            f"tab-separated fields, {MRPC_TSV}")
+        rows.append(([fields[3], fields[4]], _label(path, number, fields[0], MRPC_TSV)))
+    return rows
 
 
 def read_labelled(path: Path) -> list[tuple[list[str], int]]:
     """(texts, label) rows of a classification file: MRPC TSV or JSONL."""
     if path.suffix == ".jsonl":
-        return [([row["text"]] + ([row["text_pair"]] if row.get("text_pair") else []),
-                 int(row["label"])) for row in _jsonl(path)]
-    lines = path.read_text(encoding="utf-8-sig").splitlines()
-    if not lines or not lines[0].startswith("Quality\t"):
-        raise ValueError(f"{path}: neither .jsonl nor MRPC TSV (header 'Quality\\t#1 ID...')")
-    rows = []
-    for number, line in enumerate(lines[1:], start=2):
-        fields = line.split("\t")
-        if len(fields) != 5:
-            raise ValueError(f"{path}:{number}: {len(fields)} tab-separated fields, MRPC has 5")
-        rows.append(([fields[3], fields[4]], int(fields[0])))
-    return rows
+        return [_classify_row(path, number, row)
+                for number, row in _jsonl(path, CLASSIFY_JSONL)]
+    return _mrpc_rows(path, read_file(path).splitlines())
 
 
 def read_classify(path: Path, encode: Encode, seq_len: int) -> list[Example]:

@@ -48,13 +48,13 @@ import socket
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
 
 from pretrain.config import ConfigError, PretrainConfig, TrainingConfig, load_config, parse
-from pretrain.dataset import TokenDataset
+from pretrain.dataset import MAKE_TOKENS, TokenDataset, TokensError, read_manifest
 from pretrain.files import write_json
 from pretrain.host_memory import keep_freed_memory
 from pretrain.model import CausalLM, ModelConfig, compile_layers
@@ -350,6 +350,42 @@ def init_distributed() -> tuple[int, int, torch.device]:
     return rank, world_size, device
 
 
+def shutdown_distributed(succeeded: bool) -> None:
+    """Leave the process group at the end of a run: when every rank succeeded, wait until all
+    are past their last collective, then destroy DeepSpeed's and torch's process groups (a
+    local operation, also done after a failure, without the barrier that could then hang)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    import deepspeed.comm  # init_distributed joined through it: it holds references to release
+
+    if succeeded:
+        dist.barrier()
+    deepspeed.comm.destroy_process_group()
+
+
+def exit_process(code: int) -> NoReturn:
+    """End a distributed script's process (after `shutdown_distributed`) without interpreter
+    finalization: flush the logs and streams, then os._exit(code).
+
+    Why: destroy_process_group() joins no gloo thread while something still holds its group,
+    and DeepSpeed does (the engine, ZeRO-3 parameters' ds_process_group, a module-level stack
+    holding the model), so the groups die during interpreter finalization. A gloo worker
+    thread releases a collective's tensors after the caller's wait() returned; when it does so
+    while CPython finalizes, the release needs the GIL, CPython ends the thread with
+    pthread_exit, and the forced unwind through a noexcept C++ destructor aborts the process:
+    "terminate called without an active exception", exit -6 after all the work was done (the
+    core: ProcessGroupGloo::runLoop -> ~AsyncWork -> TensorImpl::decref_pyobject -> take_gil
+    -> PyThread_exit_thread -> std::terminate). A race, rarer or more frequent with the
+    machine's load. Not finalizing leaves no thread a GIL to wait for; everything the run
+    writes is closed before this point."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
+
+
 def release_shm_name(rank: int) -> None:
     """Unlink this rank's /dev/shm all-reduce buffer of DeepSpeed's CPU backend once every rank
     has mapped it: the memory lives on while mapped and goes when the last rank exits. Left
@@ -383,27 +419,40 @@ def build_engine(model: torch.nn.Module, ds_config: dict[str, Any], weight_decay
     return engine
 
 
+def vocab_size_for(data: Path, manifest: dict[str, Any], tokenizer: Path | None) -> int:
+    """The vocab size: --tokenizer's (which must be the one TOKENS was made with), else the
+    token manifest's."""
+    if tokenizer is None:
+        if not isinstance(manifest.get("vocab_size"), int):
+            raise TokensError(f"{data / MANIFEST} is damaged: no 'vocab_size'; pass --tokenizer "
+                              f"TOK or make TOKENS again with `{MAKE_TOKENS} --overwrite`")
+        return manifest["vocab_size"]
+    from pretrain.config import tokenizer_vocab_size
+    from pretrain.files import sha256_file
+
+    model_file = tokenizer / "tokenizer.model"
+    if not model_file.is_file():
+        raise ConfigError(f"--tokenizer {tokenizer} has no tokenizer.model: pass the TOK "
+                          "directory of `python -m pretrain.tokenizer`")
+    recorded = manifest.get("tokenizer")
+    if not isinstance(recorded, dict) or sha256_file(model_file) != recorded.get("model_sha256"):
+        raise ConfigError(f"{tokenizer} is not the tokenizer {data} was made with")
+    return tokenizer_vocab_size(tokenizer)
+
+
 def train(args: argparse.Namespace) -> int:
     single_process_env()
+    config = resolve_config(args)
+    training = config.training
+    # TOKENS and the tokenizer are checked before DeepSpeed starts and OUTPUT is created
+    manifest = read_manifest(args.data)
+    manifest_sha256 = hashlib.sha256((args.data / MANIFEST).read_bytes()).hexdigest()
+    model_config: ModelConfig = config.model_for(vocab_size_for(args.data, manifest,
+                                                                args.tokenizer))
     from deepspeed.accelerator import get_accelerator
 
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)  # we log what happened ourselves
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated")
-    config = resolve_config(args)
-    training = config.training
-    manifest_path = args.data / MANIFEST
-    manifest = json.loads(manifest_path.read_text())
-    manifest_sha256 = hashlib.sha256(manifest_path.read_bytes()).hexdigest()
-    vocab_size = manifest["vocab_size"]
-    if args.tokenizer is not None:
-        from pretrain.config import tokenizer_vocab_size
-        from pretrain.files import sha256_file
-
-        vocab_size = tokenizer_vocab_size(args.tokenizer)
-        tok_sha = sha256_file(args.tokenizer / "tokenizer.model")
-        if tok_sha != manifest["tokenizer"]["model_sha256"]:
-            raise ConfigError(f"{args.tokenizer} is not the tokenizer {args.data} was made with")
-    model_config: ModelConfig = config.model_for(vocab_size)
 
     rank, world_size, device = init_distributed()
     accelerator = get_accelerator()
@@ -548,12 +597,16 @@ def train(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    code = 1
     try:
-        return train(args)
+        code = train(args)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        code = 2
+    finally:
+        shutdown_distributed(succeeded=code == 0)
+    return code
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_process(main())  # not raise SystemExit: see exit_process (gloo threads at exit)

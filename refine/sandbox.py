@@ -24,6 +24,7 @@ def _serve(conn: Connection, config: dict[str, Any]) -> None:
     # import trafilatura now, while the worker loads its own models;
     # its CPU is billed to the first page, so all extraction CPU is still accounted
     extract_text("<html><body><p>warm-up</p></body></html>", cfg)
+    conn.send("warm")  # a page's time limit starts after this, never during the imports
     unbilled = time.process_time()
     while True:
         try:
@@ -49,6 +50,7 @@ class ExtractionSandbox:
         self.process: Any = None
         self.conn: Connection | None = None
         self.restarts = 0
+        self.warm = False
         self.child_peak_rss_kb = 0
         self.child_cpu_s = 0.0  # all extraction CPU of this sandbox's children
 
@@ -60,8 +62,17 @@ class ExtractionSandbox:
         self.process.start()
         child.close()
         self.conn = parent
+        self.warm = False
         if not parent.poll(120) or parent.recv() != "ready":
             raise RuntimeError("extraction child did not start")
+
+    def _wait_warm(self) -> None:
+        """The child's imports and warm-up are done (they overlap the worker's own model loading
+        at the first start; after a restart they are not charged to the next page's limit)."""
+        assert self.conn is not None
+        if not self.conn.poll(120) or self.conn.recv() != "warm":
+            raise OSError("extraction child did not warm up")  # counted as a crash
+        self.warm = True
 
     def extract(self, html: str) -> tuple[str, str, float, str | None]:
         """Returns (status, text, child CPU seconds, error detail)."""
@@ -70,6 +81,9 @@ class ExtractionSandbox:
         assert self.conn is not None
         started = time.monotonic()
         try:
+            if not self.warm:
+                self._wait_warm()
+                started = time.monotonic()
             self.conn.send(html)
             if self.conn.poll(self.timeout_s):
                 text, error, cpu, peak_kb = self.conn.recv()

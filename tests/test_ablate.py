@@ -232,7 +232,11 @@ def test_same_seed_same_initial_weights_whatever_the_data():
     first = CausalLM(config).state_dict()
     seed_everything(1)
     second = CausalLM(config).state_dict()
+    assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first)
+    seed_everything(2)  # and the seed is what decides them
+    third = CausalLM(config).state_dict()
+    assert not any(torch.equal(first[k], third[k]) for k in first if first[k].std() > 0)
 
 
 # --- variants and the held-out split -----------------------------------------------------------
@@ -363,7 +367,15 @@ def test_quick_ablation_end_to_end(local_ray, tmp_path):
     assert saved["problems"] == []
     table = (out / "ablation.md").read_text()
     assert sum(line.startswith("| ") for line in table.split("\n")) == 4  # header + 3
-    assert ET.fromstring((out / "ablation.svg").read_text()) is not None
+    svg = ET.fromstring((out / "ablation.svg").read_text())
+    ns = "{http://www.w3.org/2000/svg}"
+    assert svg.tag == f"{ns}svg"
+    # a dot per model and evaluation set, titled with that run's saved bits per byte
+    dots = sorted(circle.find(f"{ns}title").text for circle in svg.iter(f"{ns}circle"))
+    assert dots == sorted(f"{variant} seed {run['seed']}: {run['eval'][name]['bpb']:.4f}"
+                          for name in saved["eval_sets"]
+                          for variant, value in saved["variants"].items()
+                          for run in value["runs"])
     page = (out / "run" / "report.html").read_text()
     assert 'id="ablation"' in page and "<svg" in page
     # `refine report RUN --ablation DIR` (another output)

@@ -121,11 +121,18 @@ def test_pickles_without_the_mapped_data(tokens_dir):
     assert np.array_equal(pickle.loads(payload)[5], expected)
 
 
-def test_validation_split_reads_too(tokens_dir):
+def test_validation_split_reads_too(tokens_dir, stream):
     val = TokenDataset(tokens_dir, 16, split="val")
     manifest = json.loads((tokens_dir / "manifest.json").read_text())
-    assert val.total_tokens == manifest["totals"]["val"]["tokens"]
-    assert len(val) == val.samples_per_epoch > 0
+    val_stream = np.concatenate([
+        np.fromfile(tokens_dir / "val" / f"{s['name']}.bin", dtype=manifest["dtype"])
+        for s in manifest["shards"]]).astype(np.int64)
+    assert val.total_tokens == manifest["totals"]["val"]["tokens"] == len(val_stream)
+    assert len(val) == val.samples_per_epoch == val.num_samples == (len(val_stream) - 1) // 16
+    assert val.num_samples >= 8  # a few real documents, not a window or two
+    for sample in range(val.num_samples):  # the val files' tokens, not the train split's
+        assert np.array_equal(val.window(sample), val_stream[sample * 16:sample * 16 + 17])
+    assert not np.array_equal(val.window(0), stream[:17])
 
 
 def test_cli_summarises_the_splits(tokens_dir, capsys):

@@ -104,11 +104,25 @@ def test_rope_scores_depend_only_on_relative_position():
     assert abs(score(10, 3) - score(10, 4)) > 1e-4
 
 
-def test_backward_and_too_long_input():
+def test_backward_matches_finite_differences_and_too_long_input():
+    """Every parameter's gradient is the loss's slope: along the unit gradient direction a
+    central difference (step 1e-2, fp32) gives its norm within 10% (measured: 4% at worst, the
+    query projections' curvature); a parameter cut off the graph, a detached path or a wrong
+    backward gives no gradient or another slope."""
     model = build().train()
     tokens = ids(seq=64)
     model(tokens, labels=tokens).loss.backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    step = 1e-2
+    for name, param in model.named_parameters():
+        norm = param.grad.norm().item()
+        direction = param.grad / norm
+        with torch.no_grad():
+            param += step * direction
+            up = model(tokens, labels=tokens).loss.item()
+            param -= 2 * step * direction
+            down = model(tokens, labels=tokens).loss.item()
+            param += step * direction
+        assert norm > 0 and (up - down) / (2 * step) == pytest.approx(norm, rel=0.1), name
     with pytest.raises(ValueError, match="max_position_embeddings"):
         model(ids(seq=65))
 

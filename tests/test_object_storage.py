@@ -124,3 +124,29 @@ def test_bucket_run_equals_a_local_run_of_the_same_inputs(s3, bucket_run, tmp_pa
     mine, theirs = outputs(RunDir(url)), outputs(RunDir(local))
     assert sorted(mine) == sorted(theirs) and mine
     assert [name for name in mine if mine[name] != theirs[name]] == []
+
+
+def test_a_run_killed_midway_and_resumed_in_the_bucket_equals_a_clean_run(s3, bucket_run,
+                                                                          tmp_path):
+    import signal
+
+    url = f"s3://{BUCKET}/runs/killed"
+    run = RunDir(url)
+    args = [sys.executable, "-m", "refine.cli", "run", str(DEMO), "--input",
+            f"s3://{BUCKET}/in/*.warc.gz", "--output", url, "--workers", "1", "--quiet"]
+    first = subprocess.Popen(args, cwd=tmp_path, env=s3, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not run.files("stats/units", suffix=".json") and first.poll() is None:
+        assert time.monotonic() < deadline, "no unit finished"
+        time.sleep(0.5)
+    assert first.poll() is None, "the run finished before it could be killed"
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert run.exists(".lease.json") and not run.exists("stats.json")
+    done = refine(s3, tmp_path, *args[3:], "--resume")
+    assert "resumed:" in done.stdout and "accounting OK" in done.stdout
+    clean = outputs(RunDir(bucket_run[0]))
+    mine = outputs(run)
+    assert sorted(mine) == sorted(clean)
+    assert [name for name in mine if mine[name] != clean[name]] == []

@@ -146,6 +146,31 @@ def test_help_explains_the_cli():
 # --- slow: the real launcher -----------------------------------------------------------------
 
 @pytest.mark.slow
+def test_a_rank_leaves_the_process_group_and_exits_without_finalizing():
+    """The end of every pretrain.train / pretrain.finetune process: shutdown_distributed
+    destroys the process group, exit_process ends the process with the code, its buffered
+    output flushed and no interpreter finalization (the atexit hook never runs), so gloo
+    threads DeepSpeed keeps alive cannot abort the exit (see exit_process)."""
+    script = "\n".join([
+        "import atexit, torch, torch.distributed as dist",
+        "from pretrain.train import exit_process, init_distributed, shutdown_distributed",
+        "atexit.register(print, 'finalized')",
+        "init_distributed()",
+        "total = torch.ones(3)",
+        "dist.all_reduce(total)",
+        "print('sum', total.sum().item())",  # stdout is a pipe: this stays in the buffer
+        "shutdown_distributed(succeeded=True)",
+        "print('initialized', dist.is_initialized())",
+        "exit_process(3)"])
+    environ = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env=environ | {"DS_ACCELERATOR": "cpu"})
+    assert done.returncode == 3, done.stderr[-3000:]
+    assert done.stdout.splitlines()[-2:] == ["sum 3.0", "initialized False"], done.stdout
+    assert "finalized" not in done.stdout
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_loss_falls_under_every_zero_stage(runs, stage, tokenizer_dir):
     train, val = metrics(runs[stage]), metrics(runs[stage], "val")
