@@ -49,7 +49,7 @@ demo: setup
 	$(PY) -m pretrain.export $(DEMO)-ckpt $(DEMO)-hf   # the tokenizer the checkpoint recorded
 	$(PY) pretrain/finetune.py --init $(DEMO)-hf --task classify \
 		--data tests/data/finetune/msr_paraphrase_train.txt \
-		--eval_data tests/data/finetune/msr_paraphrase_test.txt --output $(DEMO)-mrpc \
+		--eval_data tests/data/finetune/msr_paraphrase_test.txt --output $(DEMO)-mrpc --overwrite \
 		--steps 60 --lr 5e-4 --micro_batch_size 16 --seq_len 128
 
 # headless Chromium for tests/test_report.py (Debian packages; needs root or sudo)

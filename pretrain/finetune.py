@@ -23,6 +23,7 @@ results.json (also printed as one JSON line).
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 
 if __package__ in (None, ""):  # a script: use the repo root, not pretrain/ (see train.py)
@@ -78,6 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "text or JSONL 'text'; classify: MRPC TSV or JSONL text[/text_pair]"
                              "/label")
     parser.add_argument("--output", type=Path, required=True, help="export directory (OUT)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace OUT if it holds an earlier fine-tuning export")
     parser.add_argument("--eval_data", type=Path, default=None,
                         help="evaluation file (default: --data)")
     parser.add_argument("--deepspeed_config", type=Path,
@@ -189,7 +192,24 @@ def full_state_dict(engine: Any) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
 
+def check_output(output: Path, overwrite: bool) -> None:
+    """Refuse an existing OUT unless --overwrite, and then only an earlier export of ours."""
+    if not output.exists():
+        return
+    if not output.is_dir():
+        raise ConfigError(f"--output {output} is a file: choose a directory")
+    if not any(output.iterdir()):
+        return
+    if not overwrite:
+        raise ConfigError(f"--output {output} exists: pass --overwrite to replace it, or choose "
+                          "another directory")
+    if not (output / "results.json").is_file():
+        raise ConfigError(f"refusing to --overwrite {output}: it holds no results.json, so it "
+                          "is not an earlier fine-tuning export; delete it yourself if you mean to")
+
+
 def finetune(args: argparse.Namespace) -> dict[str, Any]:
+    check_output(args.output, args.overwrite)  # before any work
     rank, world_size, device = init_distributed()
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated")
@@ -252,6 +272,8 @@ def finetune(args: argparse.Namespace) -> dict[str, Any]:
               "train_loss_first": rows[0]["loss"], "train_loss_last": rows[-1]["loss"],
               "before": before, "after": after}
     if rank == 0:
+        if args.overwrite:
+            shutil.rmtree(args.output, ignore_errors=True)  # an earlier export (check_output)
         args.output.mkdir(parents=True, exist_ok=True)
         if args.task == "classify":
             save_classifier(state, lm.config, num_labels or 2, PAD_ID, args.output,

@@ -182,3 +182,12 @@ def test_stats_and_report_give_the_same_verdict(refine_run, tmp_path, damage):
     assert 'id="accounting" class="banner alarm" data-ok="false"' in page
     for problem in as_json["accounting_problems"]:
         assert problem.split(":")[0] in page
+
+
+@pytest.mark.slow
+def test_report_to_an_unwritable_place_is_a_message(refine_run, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    done = refine("report", str(refine_run), "--output", str(blocker / "report.html"))
+    assert done.returncode == 2 and done.stderr.startswith("error:"), done.stderr
+    assert str(blocker) in done.stderr and "Traceback" not in done.stderr

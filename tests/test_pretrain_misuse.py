@@ -359,3 +359,19 @@ def test_finetune_reports_a_file_in_the_wrong_format(tiny_init, tmp_path, task: 
                "--data", path, "--output", tmp_path / "out", "--steps", "1", "--seq_len", "64")
     assert_refused(done, f"{path}:{line}: ", expected)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_finetune_refuses_an_existing_output(tmp_path, overwrite):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    flags = ["--overwrite"] if overwrite else []
+    done = subprocess.run([sys.executable, "pretrain/finetune.py", "--init", str(tmp_path),
+                           "--data", str(tmp_path / "x.jsonl"), "--task", "sft", "--output",
+                           str(out), *flags], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "error:" in done.stderr and "Traceback" not in done.stderr
+    assert ("not an earlier fine-tuning export" if overwrite else "--overwrite") in done.stderr
+    assert (out / "keep.txt").read_text() == "mine"
