@@ -29,3 +29,15 @@ def real_texts(run_dir: Path, limit: int = 1000) -> list[str]:
     news = (DATA / "text" / "lee-news-background.txt").read_text(encoding="utf-8")
     texts += [line for line in news.split("\n") if line.strip()]
     return texts[:limit]
+
+
+def news_sft(path: Path, count: int = 48) -> Path:
+    """Prompt/response pairs from real news: 'Continue: <12 words>' -> the next 16 words."""
+    rows = []
+    news = (DATA / "text" / "lee-news-background.txt").read_text(encoding="utf-8")
+    for line in news.splitlines()[:count]:
+        words = line.split()
+        rows.append({"prompt": "Continue: " + " ".join(words[:12]),
+                     "response": " ".join(words[12:28])})
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path

@@ -30,6 +30,8 @@ from pretrain.finetune_data import (
 )
 from pretrain.model import IGNORE_INDEX, CausalLM, ModelConfig, next_token_loss
 
+from .pretrain_data import news_sft
+
 pytest.importorskip("deepspeed")
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,17 +67,6 @@ def pretrained(tokens_dir, tokenizer_dir, tmp_path_factory) -> tuple[Path, Path]
     assert done.returncode == 0, done.stderr[-5000:]
     hf = export_checkpoint(ckpt, ckpt.parent / "hf", tokenizer_dir=tokenizer_dir)
     return ckpt, hf
-
-
-def news_sft(path: Path, count: int = 48) -> Path:
-    """Prompt/response pairs from real news: 'Continue: <12 words>' -> the next 16 words."""
-    rows = []
-    for line in NEWS.read_text().splitlines()[:count]:
-        words = line.split()
-        rows.append({"prompt": "Continue: " + " ".join(words[:12]),
-                     "response": " ".join(words[12:28])})
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
 
 
 # --- fast: labels, batches, metrics ----------------------------------------------------------

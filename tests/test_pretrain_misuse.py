@@ -20,6 +20,8 @@ from pretrain.export import EOS_ID
 from pretrain.finetune_data import Example, read_classify, read_labelled, read_sft, read_text
 from pretrain.tokenize import FORMAT, MANIFEST
 
+from .pretrain_data import news_sft
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).parent / "data"
 MRPC = DATA / "finetune" / "msr_paraphrase_train.txt"
@@ -162,16 +164,6 @@ def encode(text: str) -> list[int]:
     return list(text.encode("utf-8"))
 
 
-def news_sft(path: Path, count: int = 20) -> Path:
-    rows = []
-    for line in NEWS.read_text().splitlines()[:count]:
-        words = line.split()
-        rows.append({"prompt": "Continue: " + " ".join(words[:12]),
-                     "response": " ".join(words[12:28])})
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
-
-
 def news_jsonl(path: Path, count: int = 20) -> Path:
     lines = NEWS.read_text().splitlines()[:count]
     path.write_text("".join(json.dumps({"text": line}) + "\n" for line in lines))
@@ -240,7 +232,7 @@ def tsv_as_jsonl(path: Path) -> tuple[Path, int]:
 
 def sft_line_without_keys(path: Path) -> tuple[Path, int]:
     """Line 3 of a prompt/response file holds a classify row."""
-    target = news_sft(path / "pairs.jsonl")
+    target = news_sft(path / "pairs.jsonl", count=20)
     lines = target.read_text().splitlines()
     lines[2] = json.dumps({"text": "a", "label": 1})
     target.write_text("\n".join(lines) + "\n")
@@ -248,7 +240,7 @@ def sft_line_without_keys(path: Path) -> tuple[Path, int]:
 
 
 def sft_not_an_object(path: Path) -> tuple[Path, int]:
-    target = news_sft(path / "pairs.jsonl")
+    target = news_sft(path / "pairs.jsonl", count=20)
     target.write_text(target.read_text() + '["prompt", "response"]\n')
     return target, 21
 
@@ -288,7 +280,7 @@ def classify_jsonl_without_label(path: Path) -> tuple[Path, int]:
 
 
 def text_jsonl_without_text(path: Path) -> tuple[Path, int]:
-    target = news_sft(path / "news.jsonl")  # prompt/response rows given to the text task
+    target = news_sft(path / "news.jsonl", count=20)  # prompt/response rows given to the text task
     return target, 1
 
 
