@@ -20,6 +20,7 @@ from typing import BinaryIO
 import fsspec
 import pyarrow.parquet as pq
 
+from refine import arrowfile
 from refine.document import Document
 from refine.payload import (
     HttpResponse,
@@ -110,13 +111,16 @@ def plan_units(inputs: list[tuple[str, int]], chunk_bytes: int) -> list[Unit]:
 
 
 def read_unit(unit: Unit, max_record_bytes: int) -> Iterator[SourceRecord]:
+    if unit.format == "parquet":
+        fs, path = fsspec.core.url_to_fs(unit.path)
+        with arrowfile.parquet_file(fs, path) as parquet:
+            yield from _read_parquet(unit, parquet)
+        return
     with fsspec.open(unit.path, "rb") as stream:
         if unit.format == "warc":
             yield from _read_warc(unit, stream, max_record_bytes)
-        elif unit.format == "jsonl":
-            yield from _read_jsonl(unit, stream)
         else:
-            yield from _read_parquet(unit, stream)
+            yield from _read_jsonl(unit, stream)
 
 
 def _fallback_id(path: str, offset: int) -> str:
@@ -237,8 +241,7 @@ def _metadata(row: dict) -> dict:
     return metadata if isinstance(metadata, dict) else {}
 
 
-def _read_parquet(unit: Unit, stream: BinaryIO) -> Iterator[SourceRecord]:
-    parquet = pq.ParquetFile(stream)
+def _read_parquet(unit: Unit, parquet: pq.ParquetFile) -> Iterator[SourceRecord]:
     columns = [c for c in ("id", "url", "date", "text") if c in parquet.schema_arrow.names]
     offset = 0
     for batch in parquet.iter_batches(batch_size=1024, columns=columns):

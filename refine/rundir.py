@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
+from refine import arrowfile
 from refine.atomic_file import atomic_write
 
 # The layout (README: "The run directory")
@@ -106,12 +107,14 @@ class RunDir:
             return json.loads(handle.read())
 
     def read_table(self, path: str, columns: list[str] | None = None) -> pa.Table:
-        with self.fs.open(path, "rb") as handle:
-            return pq.read_table(handle, columns=columns)
+        return arrowfile.read_table(self.fs, path, columns)
+
+    def parquet(self, path: str) -> contextlib.AbstractContextManager[pq.ParquetFile]:
+        return arrowfile.parquet_file(self.fs, path)
 
     def num_rows(self, path: str) -> int:
-        with self.fs.open(path, "rb") as handle:
-            return pq.ParquetFile(handle).metadata.num_rows
+        with self.parquet(path) as parquet:
+            return parquet.metadata.num_rows
 
     # --- writing ---------------------------------------------------------------------------
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import fsspec
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from refine import arrowfile
 from refine.dedup.config import url_set_path
 from refine.rundir import URL_SET, RunDir
 
@@ -31,8 +31,8 @@ def read_url_sets(runs: list[str]) -> tuple[np.ndarray, list[str]]:
     hashes: list[np.ndarray] = []
     ids: list[str] = []
     for run in runs:
-        with fsspec.open(url_set_path(run), "rb") as handle:
-            table = pq.read_table(handle)
+        fs, path = fsspec.core.url_to_fs(url_set_path(run))
+        table = arrowfile.read_table(fs, path)
         hashes.append(table.column("url_hash").to_numpy())
         ids += table.column("id").to_pylist()
     if not hashes:

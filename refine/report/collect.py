@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from refine import accounting
 from refine.report import whatif
@@ -66,8 +65,7 @@ class _Progress:
 def _batches(run: RunDir, sub: str, columns: list[str]):
     """(file, first row of the batch, batch) over the Parquet files of `sub`, in name order."""
     for path in run.files(sub):
-        with run.open(path) as handle:
-            pf = pq.ParquetFile(handle)
+        with run.parquet(path) as pf:
             names = set(pf.schema_arrow.names)
             row = 0
             for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=[c for c in columns
@@ -276,8 +274,7 @@ def _fetch_rows(run: RunDir, positions: list[tuple[str, int]],
     for path, row in positions:
         by_file[path].append(row)
     for path, rows in by_file.items():
-        with run.open(path) as handle:
-            pf = pq.ParquetFile(handle)
+        with run.parquet(path) as pf:
             starts = np.cumsum([0] + [pf.metadata.row_group(i).num_rows
                                       for i in range(pf.num_row_groups)])
             for group in sorted({int(np.searchsorted(starts, r, side="right") - 1)
