@@ -1,13 +1,19 @@
 """Fuzzy-dedup benchmark, signature part: MinHash signatures per second on one core.
 
 Texts come from a refine run's RUN/data Parquet (--run) or are extracted from the real-html
-WARCs with refine's reader and `extract_text`. Every text is shingled once (5-word shingles of
-the normalised text, UTF-8), then for each preset refine's `MinHasher.signatures` and
-datasketch's `MinHash.bulk` (scheme "legacy", same seed) sign the same shingle lists (outputs
-checked equal), and so does refine with ``shingle_hash="poly64"``; the ``*_from_text`` rates
-include normalising and shingling (datasketch gets refine's shingles). Single-threaded CPU
-time (`time.process_time`), runs alternating, best of --repeat. One JSON line per preset
-(``"bench": "dedup_minhash_signatures"``; --skip-signatures skips this part).
+WARCs with refine's reader and `extract_text`. For each preset (14x8; 450x20 legacy; 450x20
+affine32, datasketch 2.x's default scheme) refine and datasketch (same seed and scheme) sign
+the same documents, outputs checked equal, three ways: ``*_from_hashes`` is the signature step
+alone (each document's distinct SHA-1 shingle hashes in: `MinHasher.hash_signatures`, the
+compiled kernel, vs `MinHash.bulk` with an identity hashfunc), the plain keys start from
+shingle bytes (`MinHasher.signatures`, `MinHash.bulk`; ``refine_poly64`` with
+``shingle_hash="poly64"``), ``*_from_text`` from the text (normalising and shingling included;
+datasketch gets refine's shingles). Single-threaded CPU time (`time.process_time`), runs
+alternating, best of --repeat. ``text_path_ms_per_doc``: refine's text path step by step
+(normalise, shingle + SHA-1, de-duplicate + pre-mix, kernel) and the fuzzy stage's band keys.
+One JSON line per preset (``"bench": "dedup_minhash_signatures"``), after one line with the
+kernels' first-call times in fresh processes, compiling and from numba's cache
+(``"dedup_minhash_kernel_compile"``); --skip-signatures skips this part.
 
 Scaling part (issue 5, acceptance point 4): wall time and peak memory of the whole dedup
 (`refine.dedup.stage.run_dedup`: fuzzy, exact-substring and URL dedup, then the rewrite) at
@@ -50,9 +56,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from refine.dedup import FINEWEB, REFINEDWEB, MinHashConfig, MinHasher, word_shingles
+from refine.dedup import (
+    FINEWEB,
+    REFINEDWEB,
+    MinHashConfig,
+    MinHasher,
+    normalize_text,
+    word_shingles,
+)
 
 PRESETS = {"refinedweb": REFINEDWEB, "fineweb": FINEWEB}
+REFINEDWEB_AFFINE32 = REFINEDWEB.model_copy(update={"scheme": "affine32"})  # datasketch 2's default
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
@@ -131,9 +145,11 @@ def main() -> None:
         limit = max(args.texts, args.texts_large)
         texts = run_texts(args.run, limit) if args.run else warc_texts(args.data, limit)
         source = str(args.run or args.data)
+        print(json.dumps(kernel_compile_times()), flush=True)
         for name, config, count in (
             ("fineweb", FINEWEB, args.texts),
             ("refinedweb", REFINEDWEB, args.texts_large),
+            ("refinedweb_affine32", REFINEDWEB_AFFINE32, args.texts_large),
         ):
             print(json.dumps(measure(name, config, texts[:count], args.repeat, source)),
                   flush=True)
@@ -142,7 +158,13 @@ def main() -> None:
 
 
 def measure(name: str, config: MinHashConfig, texts: list[str], repeat: int, source: str) -> dict:
+    """One preset: signatures from hashes, from shingles and from text, refine vs datasketch
+    (all in this process, runs alternating), and refine's text path step by step."""
+    import numpy as np
     from datasketch import MinHash
+
+    from refine.dedup.hashing import texts_shingle_sha1_hash32
+    from refine.dedup.minhash import band_key_array
 
     def shingle(text: str) -> list[bytes]:
         return [s.encode() for s in word_shingles(text, config.ngram)]
@@ -152,13 +174,25 @@ def measure(name: str, config: MinHashConfig, texts: list[str], repeat: int, sou
     kwargs: dict = {"num_perm": config.num_perm, "seed": config.seed}
     if "scheme" in inspect.signature(MinHash).parameters:  # datasketch >= 2.0 (legacy before)
         kwargs["scheme"] = config.scheme
-    theirs = MinHash.bulk(docs, **kwargs)
-    equal = all(
-        (o == t.hashvalues).all() for o, t in zip(exact.signatures(docs), theirs, strict=True)
-    )
+    elif config.scheme != "legacy":
+        raise SystemExit(f"datasketch {MinHash.__module__} has no scheme {config.scheme!r}")
+    # The signature step alone: each document's distinct SHA-1 shingle hashes in (datasketch
+    # pre-mixes them itself for affine32: its hashfunc is the identity here).
+    normalized = [normalize_text(t) for t in texts]
+    raw = [np.unique(h) for h in texts_shingle_sha1_hash32(normalized, config.ngram)]
+    premixed = [exact._premix(h) for h in raw]
+    raw_lists = [h.tolist() for h in raw]
+    ours = exact.hash_signatures(premixed)
+    equal = {
+        "from_hashes": _equal(ours, MinHash.bulk(raw_lists, hashfunc=int, **kwargs)),
+        "from_shingles": _equal(exact.signatures(docs), MinHash.bulk(docs, **kwargs)),
+        "from_text": _equal(exact.text_signatures(texts), MinHash.bulk(docs, **kwargs)),
+    }
     rates = best_rates(
         len(docs),
         {
+            "refine_from_hashes": lambda: exact.hash_signatures(premixed),
+            "datasketch_from_hashes": lambda: MinHash.bulk(raw_lists, hashfunc=int, **kwargs),
             "refine": lambda: exact.signatures(docs),
             "datasketch": lambda: MinHash.bulk(docs, **kwargs),
             "refine_poly64": lambda: fast.signatures(docs),
@@ -168,25 +202,85 @@ def measure(name: str, config: MinHashConfig, texts: list[str], repeat: int, sou
         },
         repeat,
     )
+    hashes = texts_shingle_sha1_hash32(normalized, config.ngram)
+    batch = exact._batch(hashes)
+    steps = best_rates(  # refine's text_signatures, step by step, + the fuzzy stage's band keys
+        len(docs),
+        {
+            "normalize_text": lambda: [normalize_text(t) for t in texts],
+            "shingle_sha1": lambda: texts_shingle_sha1_hash32(normalized, config.ngram),
+            "distinct_premix": lambda: exact._batch(hashes),
+            "signature_kernel": lambda: exact.hash_signatures(batch),
+            "band_keys": lambda: band_key_array(ours, config),
+        },
+        repeat,
+    )
+    ms = {k: 1000 / v for k, v in steps.items()}
     line: dict = {
         "bench": "dedup_minhash_signatures",
         "preset": name,
         "bands_x_rows": f"{config.num_bands}x{config.rows_per_band}",
         "num_perm": config.num_perm,
+        "scheme": config.scheme,
         "docs": len(docs),
         "mean_shingles": round(sum(map(len, docs)) / max(1, len(docs)), 1),
+        "mean_distinct_shingles": round(sum(map(len, raw)) / max(1, len(raw)), 1),
     }
     line.update({f"{k}_docs_per_s_per_core": round(v, 1) for k, v in rates.items()})
-    line["ratio"] = round(rates["refine"] / rates["datasketch"], 2)
-    line["ratio_poly64"] = round(rates["refine_poly64"] / rates["datasketch"], 2)
-    line["ratio_from_text"] = round(rates["refine_from_text"] / rates["datasketch_from_text"], 2)
-    line["ratio_poly64_from_text"] = round(
-        rates["refine_poly64_from_text"] / rates["datasketch_from_text"], 2
-    )
+    for ours_key, theirs_key in (
+        ("refine_from_hashes", "datasketch_from_hashes"),
+        ("refine", "datasketch"),
+        ("refine_poly64", "datasketch"),
+        ("refine_from_text", "datasketch_from_text"),
+        ("refine_poly64_from_text", "datasketch_from_text"),
+    ):
+        line["ratio" + ours_key.removeprefix("refine")] = round(
+            rates[ours_key] / rates[theirs_key], 2
+        )
     line["signatures_equal_datasketch"] = equal
+    line["text_path_ms_per_doc"] = {k: round(v, 3) for k, v in ms.items()}
+    line["text_path_share"] = {k: round(v / sum(ms.values()), 3) for k, v in ms.items()}
     line["timer"] = f"process_time, best of {repeat}, runs alternating"
     line["loadavg_1m"] = round(os.getloadavg()[0], 2)
     line["source"] = source
+    return line
+
+
+def _equal(ours: Any, theirs: list) -> bool:
+    return len(ours) == len(theirs) and all(
+        (o == t.hashvalues).all() for o, t in zip(ours, theirs, strict=True)
+    )
+
+
+def kernel_compile_times() -> dict:
+    """First calls of the signature kernels in fresh processes: numba compiling them (an empty
+    cache), then loading them from that cache (what each later Ray worker pays)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    code = (
+        "import json, time\n"
+        "import numpy as np\n"
+        "t = time.perf_counter()\n"
+        "from refine.dedup import FINEWEB, MinHasher, kernels\n"
+        "times = {'import_s': time.perf_counter() - t}\n"
+        "for scheme in ('legacy', 'affine32'):\n"
+        "    hasher = MinHasher(FINEWEB.model_copy(update={'scheme': scheme}))\n"
+        "    t = time.perf_counter()\n"
+        "    hasher.hash_signatures([np.arange(5, dtype=np.uint32)])\n"
+        "    times[f'first_call_{scheme}_s'] = time.perf_counter() - t\n"
+        "print(json.dumps(times))\n"
+    )
+    line: dict = {"bench": "dedup_minhash_kernel_compile"}
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        for run in ("cold_cache", "warm_cache"):
+            done = subprocess.run([sys.executable, "-c", code], env=env, check=True, text=True,
+                                  capture_output=True)  # fmt: skip
+            line[run] = {k: round(v, 3) for k, v in json.loads(done.stdout).items()}
+    line["note"] = "legacy first: its first call also pays numba's own start (~1 s)"
+    line["loadavg_1m"] = round(os.getloadavg()[0], 2)
     return line
 
 

@@ -20,6 +20,11 @@ decode to that character), and its ids for text without U+2581 are SentencePiece
 
 TOK/ holds `tokenizer.model`, `tokenizer.vocab` and `metadata.json` (the source
 data and the refine run's config hash, the sample, trainer options, the model's sha256).
+
+`--data` and `--out` may be URLs (`s3://bucket/runs/r1/data`, `gs://...`): the shards are
+streamed through fsspec, the model is trained in a local temporary directory and uploaded whole,
+`metadata.json` last. Credentials come from the environment (`AWS_*`, `AWS_ENDPOINT_URL`,
+profiles, instance roles), never from the command line, and are not recorded.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import heapq
 import json
 import logging
 import os
+import posixpath
 import resource
 import sys
 import tempfile
@@ -40,7 +46,18 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pretrain.files import iter_documents, parquet_files, setup_logging, sha256_file, source_info
+from pretrain.files import (
+    Location,
+    as_location,
+    exists,
+    is_remote,
+    iter_documents,
+    parquet_files,
+    read_bytes,
+    setup_logging,
+    source_info,
+    storage,
+)
 from pretrain.files import write_json as _write_json
 
 log = logging.getLogger("pretrain.tokenizer")
@@ -171,22 +188,25 @@ def _drain(lines: list[str]) -> Iterator[str]:
         yield lines.pop()
 
 
-def _drop_machine_details(model_file: Path) -> None:
+def _drop_machine_details(model_file: Path) -> bytes:
     """The model proto records the trainer's thread count and temporary output path; clear them
-    so the model's bytes (and hash) depend on the data and settings only."""
+    so the model's bytes (and hash) depend on the data and settings only. Returns the bytes."""
     from sentencepiece import sentencepiece_model_pb2 as model_pb2
 
     proto = model_pb2.ModelProto()
     proto.ParseFromString(model_file.read_bytes())
     proto.trainer_spec.ClearField("num_threads")
     proto.trainer_spec.ClearField("model_prefix")
-    model_file.write_bytes(proto.SerializeToString())
+    model = proto.SerializeToString()
+    model_file.write_bytes(model)
+    return model
 
 
-def train_tokenizer(data_dir: Path, out_dir: Path, vocab_size: int = 32000, seed: int = 0,
-                    max_sentences: int = 5_000_000, max_bytes: int = 1 << 30,
+def train_tokenizer(data_dir: Location, out_dir: Location, vocab_size: int = 32000,
+                    seed: int = 0, max_sentences: int = 5_000_000, max_bytes: int = 1 << 30,
                     options: TrainerOptions | None = None) -> dict[str, Any]:
     """Sample `data_dir`, train, and write TOK/{tokenizer.model, tokenizer.vocab, metadata.json}.
+    Either may be a local path or a URL (s3://...).
 
     Returns the metadata written to metadata.json."""
     import sentencepiece as spm
@@ -202,33 +222,47 @@ def train_tokenizer(data_dir: Path, out_dir: Path, vocab_size: int = 32000, seed
     log.info("sampled %d of %d lines (%.1f of %.1f MB) from %d documents in %.1f s",
              stats.sampled_lines, stats.lines, stats.sampled_bytes / 1e6, stats.bytes / 1e6,
              stats.documents, sampled_s)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".train-") as temp:
+    remote = is_remote(out_dir)
+    if not remote:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+    # remote: trained on a local disk, then each file uploaded whole (an object store has no
+    # rename); an earlier metadata.json goes first and the new one comes last
+    with tempfile.TemporaryDirectory(dir=None if remote else out_dir, prefix=".train-") as temp:
         prefix = os.path.join(temp, "tokenizer")
         log.info("training SentencePiece BPE (vocab %d, %d threads) on %d lines",
                  vocab_size, options.num_threads, len(lines))
         spm.set_random_generator_seed(seed)
         spm.SentencePieceTrainer.train(sentence_iterator=_drain(lines), model_prefix=prefix,
                                        **options.spm_kwargs())
-        _drop_machine_details(Path(temp) / MODEL_FILE)
-        for name in (MODEL_FILE, VOCAB_FILE):
-            os.replace(os.path.join(temp, name), out_dir / name)
+        model = _drop_machine_details(Path(temp) / MODEL_FILE)
+        if remote:
+            store = storage(out_dir)
+            store.remove(store.path(META_FILE))
+            for name in (MODEL_FILE, VOCAB_FILE):
+                store.fs.put_file(os.path.join(temp, name), store.path(name))
+        else:
+            for name in (MODEL_FILE, VOCAB_FILE):
+                os.replace(os.path.join(temp, name), out_dir / name)
     train_s = time.monotonic() - started - sampled_s
-    processor = spm.SentencePieceProcessor(model_file=str(out_dir / MODEL_FILE))
+    processor = spm.SentencePieceProcessor(model_proto=model)
     log.info("trained vocab of %d pieces in %.1f s", processor.get_piece_size(), train_s)
     meta = {
         "model": MODEL_FILE,
-        "model_sha256": sha256_file(out_dir / MODEL_FILE),
+        "model_sha256": hashlib.sha256(model).hexdigest(),
         "vocab_size": processor.get_piece_size(),
         "requested_vocab_size": vocab_size,
         "special_ids": {"unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID, "pad": -1},
-        "source": {**source_info(data_dir), "files": [f.name for f in files]},
+        "source": {**source_info(data_dir), "files": [posixpath.basename(f) for f in files]},
         "sample": {"seed": seed, "max_sentences": max_sentences, "max_bytes": max_bytes,
                    **asdict(stats)},
         "trainer": {k: v for k, v in options.spm_kwargs().items() if k != "num_threads"},
         "versions": {"sentencepiece": metadata.version("sentencepiece")},
     }
-    _write_json(out_dir / META_FILE, meta)
+    if remote:
+        storage(out_dir).write_json(meta, META_FILE)
+    else:
+        _write_json(out_dir / META_FILE, meta)
     log.info("wrote %s (sample %.1f s, training %.1f s, peak RSS %.0f MB)", out_dir, sampled_s,
              train_s, peak_rss_mb())
     return meta
@@ -239,8 +273,8 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def load_metadata(tokenizer_dir: Path) -> dict[str, Any]:
-    return json.loads((Path(tokenizer_dir) / META_FILE).read_text())
+def load_metadata(tokenizer_dir: Location) -> dict[str, Any]:
+    return json.loads(read_bytes(tokenizer_dir, META_FILE))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -249,11 +283,17 @@ def main(argv: list[str] | None = None) -> int:
         description="Train a Llama-style SentencePiece BPE tokenizer (byte fallback, split "
                     "digits, identity normalisation, unk/bos/eos = 0/1/2) on a seeded, "
                     "streamed, budget-bounded sample of a refine run's kept documents.",
+        epilog="--data and --out may be URLs (s3://bucket/runs/r1/data, gs://...), read and "
+               "written through fsspec (pip install s3fs or gcsfs); credentials and endpoint "
+               "come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+               "AWS_ENDPOINT_URL, a profile or an instance role), never from the command line.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--data", type=Path, required=True,
-                        help="a refine run's data/ directory (*.parquet with id and text)")
-    parser.add_argument("--out", type=Path, required=True,
-                        help="output directory: tokenizer.model, tokenizer.vocab, metadata.json")
+    parser.add_argument("--data", type=as_location, required=True,
+                        help="a refine run's data/ directory (*.parquet with id and text), local "
+                             "or a URL")
+    parser.add_argument("--out", type=as_location, required=True,
+                        help="output directory (local or a URL): tokenizer.model, "
+                             "tokenizer.vocab, metadata.json")
     parser.add_argument("--vocab-size", type=int, default=32000,
                         help="number of pieces (a tiny corpus may give fewer)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the line sample")
@@ -272,18 +312,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="only warnings and errors")
     args = parser.parse_args(argv)
     setup_logging(not args.quiet)
-    if (args.out / MODEL_FILE).exists() and not args.overwrite:
-        parser.error(f"{args.out / MODEL_FILE} exists (use --overwrite)")
     options = TrainerOptions(vocab_size=args.vocab_size,
                              character_coverage=args.character_coverage,
                              max_sentence_length=args.max_sentence_bytes,
                              num_threads=args.threads)
     try:
+        if exists(args.out, MODEL_FILE) and not args.overwrite:
+            raise FileExistsError(f"{args.out}/{MODEL_FILE} exists (use --overwrite)")
         train_tokenizer(args.data, args.out, args.vocab_size, args.seed, args.max_sentences,
                         args.max_bytes, options)
-    except (FileNotFoundError, ValueError) as error:
+    except (OSError, ValueError) as error:  # as refine's CLI: one error: line, exit code 2
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 

@@ -18,7 +18,8 @@ def rows_per_input(run_dir: RunDir, sub: str) -> Counter[str]:
     """Rows per `file_path` in the Parquet files of `sub` (one column is read)."""
     counts: Counter[str] = Counter()
     for path in run_dir.files(sub):
-        column = run_dir.read_table(path, columns=["file_path"]).column("file_path")
+        with run_dir.parquet(path) as parquet:  # only this column's chunks are fetched
+            column = parquet.read(columns=["file_path"]).column("file_path")
         for entry in column.value_counts().to_pylist():
             counts[entry["values"]] += entry["counts"]
     return counts

@@ -34,7 +34,9 @@ def native_source(fs: fsspec.AbstractFileSystem, path: str) -> Any:
 def parquet_file(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[pq.ParquetFile]:
     with contextlib.ExitStack() as stack:
         local = isinstance(fs, LocalFileSystem)
-        source = fs._strip_protocol(path) if local else stack.enter_context(fs.open(path, "rb"))
+        # remote: no read-ahead cache, so reading some columns fetches only their byte ranges
+        source = (fs._strip_protocol(path) if local
+                  else stack.enter_context(fs.open(path, "rb", cache_type="none")))
         parquet = pq.ParquetFile(source, pre_buffer=False)
         stack.callback(parquet.close)
         yield parquet

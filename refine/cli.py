@@ -106,7 +106,12 @@ def _parser() -> argparse.ArgumentParser:
     ablate.add_argument("--input", "-i", nargs="+", required=True, metavar="PATH_OR_GLOB",
                         help="input files or globs, as for `refine run`")
     ablate.add_argument("--output", "-o", required=True, metavar="DIR",
-                        help="ablation directory")
+                        help="ablation directory: a path, or a URL (s3://, gs://) that gets the "
+                             "two refine runs and the results")
+    ablate.add_argument("--work", metavar="LOCAL_DIR", default=None,
+                        help="with a URL --output: where the variants, tokenizer, token shards "
+                             "and models go (training reads local files; default: a temporary "
+                             "directory, removed at the end)")
     ablate.add_argument("--quick", action="store_true",
                         help="a minutes-long smoke run: tiny model, at most 60 steps, 24 KB of "
                              "each curated source")
@@ -274,20 +279,22 @@ def _command_ablate(args: argparse.Namespace) -> int:
     from pretrain.ablate import AblationError, ablate
     from refine.config import load_config
     from refine.report.ablation import markdown_table
+    from refine.rundir import RunDir
 
     config = load_config(args.config)  # fails before any work starts
     try:
         result = ablate(config, args.input, args.output, quick=args.quick, seeds=args.seeds,
                         workers=args.workers, address=args.address, tokens=args.tokens,
-                        overwrite=args.overwrite)
+                        overwrite=args.overwrite, work=args.work)
     except AblationError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_ERROR
     print(markdown_table(result))
     for problem in result["problems"]:
         print(f"warning: {problem}", file=sys.stderr)
-    print(f"wrote {Path(args.output) / 'ablation.json'}, ablation.md, ablation.svg and "
-          f"{Path(args.output) / 'run' / 'report.html'}")
+    out = RunDir(args.output)
+    print(f"wrote {out.url('ablation.json')}, ablation.md, ablation.svg and "
+          f"{out.url('run', 'report.html')}")
     return EXIT_OK
 
 

@@ -28,13 +28,21 @@ class LocalCluster:
 
     `temp` must be a short path (Ray's socket paths must fit in 107 bytes)."""
 
-    def __init__(self, temp: Path, workers: int = 2, cpus_per_node: int = 1):
+    def __init__(self, temp: Path, workers: int = 2, cpus_per_node: int = 1,
+                 dashboard: bool = False):
+        """`dashboard`: the head also serves the dashboard and the job API on 127.0.0.1 (at
+        `dashboard_url`), for `ray job submit`. The nodes inherit this process's environment
+        (e.g. object-storage credentials), as machines of a real cluster have theirs."""
         self.env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))
         self.env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # set by a local Ray (refine.dag)
         self.address = f"127.0.0.1:{free_port()}"
+        self.dashboard_url = f"http://127.0.0.1:{free_port()}" if dashboard else None
+        web = (["--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
+                "--dashboard-port", self.dashboard_url.rsplit(":", 1)[1]]
+               if self.dashboard_url else ["--include-dashboard", "false"])
         self.sessions: list[int] = []
-        self._start("--head", "--port", self.address.split(":")[1], "--num-cpus", "0",
-                    "--include-dashboard", "false", "--temp-dir", str(temp))
+        self._start("--head", "--port", self.address.split(":")[1], "--num-cpus", "0", *web,
+                    "--temp-dir", str(temp))
         for _ in range(workers):
             self._start("--address", self.address, "--num-cpus", str(cpus_per_node))
 

@@ -13,6 +13,7 @@ in record order, so the output is the same as record by record.
 from __future__ import annotations
 
 import os
+import posixpath
 import resource
 import time
 from pathlib import Path
@@ -48,8 +49,10 @@ class _Outcome:
         self.warnings: list[str] = []
 
 
-def unit_done(run_dir: RunDir, unit: Unit) -> bool:
-    return run_dir.exists(PARTS, f"{unit.id}.json")
+def units_done(run_dir: RunDir) -> set[str]:
+    """Ids of the committed units: one listing of RUN/stats/units/ (not a request per unit)."""
+    return {posixpath.basename(p).removesuffix(".json")
+            for p in run_dir.files(PARTS, suffix=".json")}
 
 
 def build_text_filters(config: RunConfig) -> list[tuple[str, Filter]]:

@@ -19,7 +19,7 @@ from refine.config import RunConfig
 from refine.dedup.stage import dedup_done, run_dedup
 from refine.filters.url import URLFilter
 from refine.lease import Lease, LeaseError
-from refine.pipeline import unit_done
+from refine.pipeline import units_done
 from refine.readers import Unit, expand_inputs, plan_units
 from refine.rundir import (
     DATA,
@@ -189,7 +189,8 @@ def _run_leased(config: RunConfig, files: list[tuple[str, int]], units: list[Uni
         "versions": _versions(),
         "command": sys.argv,
     }
-    pending = largest_first([u for u in units if not unit_done(run_dir, u)], dict(files))
+    finished = units_done(run_dir)
+    pending = largest_first([u for u in units if u.id not in finished], dict(files))
     if pending and config.url.enabled:
         URLFilter(config.url).load()  # builds the blocklist cache once, before the workers map it
     _write_manifest(run_dir, manifest, units, "running")
@@ -227,9 +228,10 @@ def _run_leased(config: RunConfig, files: list[tuple[str, int]], units: list[Uni
 
 def _write_manifest(run_dir: RunDir, manifest: dict[str, Any], units: list[Unit],
                     status: str) -> None:
+    finished = units_done(run_dir)
     for entry in manifest["inputs"]:
         mine = [u for u in units if u.path == entry["path"]]
-        entry["units_done"] = sum(unit_done(run_dir, u) for u in mine)
+        entry["units_done"] = sum(u.id in finished for u in mine)
         entry["complete"] = entry["units_done"] == len(mine)
     manifest["status"] = status
     run_dir.write_json(manifest, MANIFEST)

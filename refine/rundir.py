@@ -29,7 +29,7 @@ from fsspec.implementations.local import LocalFileSystem
 from refine import arrowfile
 from refine.atomic_file import atomic_write
 
-# The layout (README: "The run directory")
+# The layout (README: "The run directory"); the schemas of its Parquet files: refine.shards
 MANIFEST = "manifest.json"
 STATS = "stats.json"
 REPORT = "report.html"
@@ -172,9 +172,13 @@ class RunDir:
 
     def remove_prefixed(self, sub: str, prefix: str) -> None:
         """Every file in `sub` whose name (less a leading dot) starts with `prefix`, temp files
-        included: what an interrupted unit left."""
+        included: what an interrupted unit left. In a bucket only keys with the prefix are
+        listed (the listing of a whole data/ per unit would grow with the run)."""
         try:
-            found = self.fs.ls(self.path(sub), detail=False)
+            if self.local:
+                found = self.fs.ls(self.path(sub), detail=False)
+            else:  # no temp files in a bucket: objects are written under their final name
+                found = self.fs.find(self.path(sub), prefix=prefix, maxdepth=1)
         except FileNotFoundError:
             return
         for path in found:

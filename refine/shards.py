@@ -1,4 +1,5 @@
-"""Parquet shards: kept documents and rejected rows, each file written whole."""
+"""The schemas of a run directory's Parquet files (data/, rejected/, spans/, the URL set) and
+the writer of kept and rejected shards, each file written whole (layout: refine.rundir)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,19 @@ REJECTED_SCHEMA = pa.schema([
     ("text", pa.string()),
     ("text_chars", pa.int64()),  # length of the full text before it was cut
 ])
+
+# RUN/spans/: one row per substring exact dedup cut (offsets into the text before the cut)
+SPAN_SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("start", pa.int64()),
+    ("end", pa.int64()),
+    ("tokens", pa.int64()),
+    ("duplicate_of", pa.string()),
+    ("text", pa.string()),
+])
+
+# RUN/dedup/urls.parquet: the URLs this run kept, for a later run's dedup.urls.previous_runs
+URL_SET_SCHEMA = pa.schema([("url_hash", pa.uint64()), ("id", pa.string())])
 
 ROW_GROUP_ROWS = 2000
 

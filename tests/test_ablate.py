@@ -32,6 +32,7 @@ from pretrain.model import CausalLM, ModelConfig
 from pretrain.tokenize import is_validation
 from refine.config import load_config
 from refine.report.ablation import html_section, markdown_table, svg_plot
+from refine.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).parent / "data"
@@ -271,7 +272,7 @@ def test_heldout_documents_and_their_copies_are_excluded_from_every_variant(tmp_
     rejected = pa.table({"id": ["dup-x", "dup-y"], "duplicate_of": [one["id"], "doc-none"]})
     (tmp_path / "rejected").mkdir()
     pq.write_table(rejected, tmp_path / "rejected" / "r.parquet")
-    duplicates = duplicates_of(tmp_path, heldout)
+    duplicates = duplicates_of(RunDir(tmp_path), heldout)
     assert duplicates == {"dup-x"}
     split = heldout_split(refined, duplicates, 0.2)
     same_url = {"id": "other-id", "url": one["url"].replace("https://", "http://www."),

@@ -185,6 +185,17 @@ def test_injected_duplicates_are_removed_with_their_reason(dedup_run, corpus):
 
 
 @pytest.mark.slow
+def test_every_kept_document_records_the_size_of_the_cluster_it_survived(dedup_run):
+    run_dir = dedup_run.run_dir
+    removed_for = Counter(r["duplicate_of"] for r in rows(run_dir, "rejected")
+                          if r["stage"] == "fuzzy_dedup")
+    kept = rows(run_dir, "data")
+    sizes = {r["id"]: metrics_dict(r["metrics"])["fuzzy_dedup.cluster_size"] for r in kept}
+    assert sizes == {r["id"]: 1.0 + removed_for[r["id"]] for r in kept}
+    assert sum(s > 1 for s in sizes.values()) >= 5  # the injected clusters
+
+
+@pytest.mark.slow
 def test_dedup_accounting_per_input(dedup_run, corpus):
     _, paths = corpus
     stats = dedup_run.stats

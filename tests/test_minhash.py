@@ -7,6 +7,9 @@ import hashlib
 import inspect
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +23,11 @@ from refine.dedup import (
     MinHasher,
     band_keys,
     hashing,
+    kernels,
     normalize_text,
     word_shingles,
 )
-from refine.dedup.minhash import MAX_HASH, band_key_array
+from refine.dedup.minhash import MAX_HASH, MERSENNE_PRIME, band_key_array
 
 TEXTS = Path(__file__).parent / "data" / "text" / "cc-main-2019-30-text-sample.jsonl.gz"
 
@@ -78,6 +82,93 @@ def test_single_batch_and_text_paths_agree() -> None:
     np.testing.assert_array_equal(hasher.text_signature(texts[3]), batch[3])
     doubled = _shingles(texts[0]) * 2  # repeated shingles do not change a signature
     np.testing.assert_array_equal(hasher.signature(doubled), batch[0])
+
+
+def _reference_signatures(
+    per_doc: list[np.ndarray], a: np.ndarray, b: np.ndarray, scheme: str
+) -> np.ndarray:
+    """The definition in plain numpy, one document at a time (uint64 and uint32 arithmetic wrap)."""
+    out = np.full((len(per_doc), len(a)), MAX_HASH, dtype=np.uint32)
+    for row, h in zip(out, per_doc, strict=True):
+        if not len(h):
+            continue
+        if scheme == "legacy":
+            x = (h.astype(np.uint64)[:, None] * a + b) % np.uint64(MERSENNE_PRIME)
+            values = (x & np.uint64(MAX_HASH)).astype(np.uint32)
+        else:
+            values = h[:, None] * a + b
+        row[:] = values.min(axis=0)
+    return out
+
+
+@pytest.mark.parametrize("scheme", ["legacy", "affine32"])
+def test_kernel_equals_numpy_reference(scheme: str) -> None:
+    """Random hashes in CSR batches: empty documents, one shingle, long ones, both extremes."""
+    rng = np.random.default_rng(11)
+    odd = MinHashConfig(num_bands=37, rows_per_band=7, scheme=scheme)  # 259: no whole vectors
+    refinedweb = REFINEDWEB.model_copy(update={"scheme": scheme})
+    for config, sizes in ((odd, [1, 1, 0, 3, 0, 250, 2000, 0]), (refinedweb, [1, 1, 0, 60])):
+        hasher = MinHasher(config)
+        per_doc = [rng.integers(0, 1 << 32, n, dtype=np.uint32) for n in sizes]
+        per_doc[0][:], per_doc[1][:] = 0, MAX_HASH  # documents of one shingle: the extremes
+        expected = _reference_signatures(per_doc, hasher.a, hasher.b, scheme)
+        ours = hasher.hash_signatures(per_doc)
+        assert ours.dtype == np.uint32 and ours.shape == (len(sizes), config.num_perm)
+        np.testing.assert_array_equal(ours, expected)
+        assert (ours[[i for i, n in enumerate(sizes) if not n]] == MAX_HASH).all()
+        for i in range(len(sizes)):  # a document alone: the same row
+            np.testing.assert_array_equal(hasher.hash_signatures(per_doc[i : i + 1])[0], ours[i])
+        assert hasher.hash_signatures([]).shape == (0, config.num_perm)
+
+
+def test_legacy_kernel_final_subtraction() -> None:
+    """(a*h + b) mod 2**64 at and around multiples of 2**61 - 1, where the Mersenne fold needs
+    its last subtraction (about once in 2**58 values otherwise: the kernel's slow path)."""
+    rng = np.random.default_rng(3)
+    p = MERSENNE_PRIME
+    targets = [p - 8, p - 1, p, p + 1, p + 7, 2 * p - 1, 2 * p, 2 * p + 6, 3 * p, 2**62 - 1,
+               2**63 + 2**61 - 2, 2**64 - 9, 2**64 - 1, 5, 2**32 - 1, 2**61]  # fmt: skip
+    num_perm = 3 * len(targets) + 5
+    a = rng.integers(1, p, num_perm, dtype=np.uint64)
+    x = np.array((targets * 4)[:num_perm], dtype=np.uint64)
+    h = np.uint32(2_654_435_761)
+    b = x - a * np.uint64(h)  # so that a*h + b == x (mod 2**64)
+    per_doc = [np.array([h], np.uint32), rng.integers(0, 1 << 32, 50, dtype=np.uint32)]
+    per_doc += [np.append(per_doc[1], h), np.array([], np.uint32), np.array([h, 7], np.uint32)]
+    offsets = np.cumsum([0] + [len(d) for d in per_doc])
+    out = np.empty((len(per_doc), num_perm), np.uint32)
+    kernels.legacy_signatures(np.concatenate(per_doc), offsets, a, b, out)
+    expected = _reference_signatures(per_doc, a, b, "legacy")
+    np.testing.assert_array_equal(out, expected)
+    assert expected[0, : len(targets)].tolist() == [t % p & MAX_HASH for t in targets]
+
+
+def test_kernel_cache_where_package_and_home_are_read_only(tmp_path: Path) -> None:
+    """numba caches beside the module or in the user's cache directory; where neither can be
+    written, `kernels` caches in the temp directory instead of failing at import."""
+    package = tmp_path / "package"
+    package.mkdir()
+    (package / "kernels_copy.py").write_text(Path(kernels.__file__).read_text())
+    (package / "__pycache__").write_text("")  # a file: no cache folder can be made there
+    blocked = tmp_path / "blocked"
+    blocked.write_text("")  # home and cache directories below a file cannot be made either
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_")}
+    env.update(HOME=str(blocked / "home"), XDG_CACHE_HOME=str(blocked / "cache"), TMPDIR=str(temp))
+    code = (
+        "import numba, numpy as np, kernels_copy as k\n"
+        "out = np.empty((1, 4), np.uint32)\n"
+        "k.affine32_signatures(np.arange(3, 6, dtype=np.uint32), np.array([0, 3]),"
+        " np.ones(4, np.uint32), np.arange(4, dtype=np.uint32), out)\n"
+        "print(numba.config.CACHE_DIR, out.tolist())"
+    )
+    run = subprocess.run([sys.executable, "-c", code], cwd=package, env=env, text=True,
+                         capture_output=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    cache_dir = temp / f"numba-{os.getuid()}"
+    assert run.stdout.split(maxsplit=1) == [str(cache_dir), "[[3, 4, 5, 6]]\n"]
+    assert list(cache_dir.glob("**/kernels_copy.affine32_signatures-*.nbi"))
 
 
 # the vectorised SHA-1 (refine.dedup.hashing) against hashlib

@@ -4,7 +4,6 @@ HTTP server (moto's standalone server) that the test starts on 127.0.0.1."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,56 +14,19 @@ import pytest
 from refine.accounting import check_run
 from refine.rundir import RunDir
 
+from .s3server import BUCKET, WARCS, moto_server
+
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "configs" / "demo.yaml"
-WARCS = sorted((ROOT / "tests" / "data" / "warc").glob("*.warc.gz"))
-BUCKET = "refine-test"
 
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3():
-    """A moto server on loopback, a bucket with the test WARCs in in/, and the environment a
-    user sets for it (credentials and endpoint from the environment, never the command line)."""
     pytest.importorskip("s3fs")
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                               str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "moto server did not start"
-                time.sleep(0.2)
-        import fsspec
-
-        fs = fsspec.filesystem("s3", use_listings_cache=False)
-        fs.mkdir(BUCKET)
-        for path in WARCS:
-            fs.put_file(str(path), f"{BUCKET}/in/{path.name}")
-        yield {**os.environ, **env}
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with moto_server() as env:
+        yield env
 
 
 def refine(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess:
@@ -150,3 +112,58 @@ def test_a_run_killed_midway_and_resumed_in_the_bucket_equals_a_clean_run(s3, bu
     mine = outputs(run)
     assert sorted(mine) == sorted(clean)
     assert [name for name in mine if mine[name] != clean[name]] == []
+
+
+def test_a_job_submitted_to_a_cluster_writes_the_same_run_into_the_bucket(s3, bucket_run):
+    """`ray job submit` to a three-node cluster whose dashboard listens on 127.0.0.1; the nodes
+    have the credentials in their environment, the command line has none."""
+    import shutil
+    import tempfile
+
+    from refine.localcluster import LocalCluster
+
+    temp = Path(tempfile.mkdtemp(prefix="rj-"))  # short: Ray's socket paths must fit 107 bytes
+    cluster = LocalCluster(temp, dashboard=True)
+    try:
+        url = f"s3://{BUCKET}/runs/cluster"
+        submit = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address",
+                  cluster.dashboard_url, "--", sys.executable, "-m", "refine.cli", "run",
+                  str(DEMO), "--input", f"s3://{BUCKET}/in/*.warc.gz", "--output", url,
+                  "--address", "auto", "--workers", "2", "--quiet"]
+        assert "testing-secret" not in " ".join(submit)
+        done = subprocess.run(submit, env=cluster.env, capture_output=True, text=True,
+                              timeout=900)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+        assert "accounting OK" in done.stdout and "succeeded" in done.stdout
+    finally:
+        cluster.stop()
+        shutil.rmtree(temp, ignore_errors=True)
+    mine, local = outputs(RunDir(url)), outputs(RunDir(bucket_run[0]))
+    assert sorted(mine) == sorted(local) and mine
+    assert [name for name in mine if mine[name] != local[name]] == []
+    assert RunDir(url).read_json("stats.json")["accounting_ok"]
+
+
+def test_quick_ablation_with_its_runs_and_results_in_the_bucket(s3, tmp_path):
+    import json
+
+    cwd, work = tmp_path / "cwd", tmp_path / "work"
+    cwd.mkdir()
+    url = f"s3://{BUCKET}/ablate"
+    done = refine(s3, cwd, "ablate", str(DEMO), "--input", f"s3://{BUCKET}/in/*.warc.gz",
+                  "--output", url, "--work", str(work), "--quick", "--seeds", "1")
+    assert f"wrote {url}/ablation.json" in done.stdout
+    out = RunDir(url)
+    assert {"raw-run", "run", "ablation.json", "ablation.md", "ablation.svg"} <= set(out.entries())
+    result = out.read_json("ablation.json")
+    assert result["runs"] == {"raw": f"{url}/raw-run", "full": f"{url}/run"}
+    assert result["problems"] == []
+    assert all(len(v["runs"]) == 1 for v in result["variants"].values())
+    # the variants are made of what the runs in the bucket kept
+    refined_ids = {r["id"] for p in out.files("run/data")
+                   for r in out.read_table(p, columns=["id"]).to_pylist()}
+    train = json.loads((work / "tokens" / "refined" / "manifest.json").read_text())
+    assert train["totals"]["train"]["tokens"] > 0 and refined_ids
+    with out.open(out.path("run", "report.html")) as handle:
+        assert b'id="ablation"' in handle.read()
+    assert list(cwd.iterdir()) == []

@@ -26,12 +26,17 @@ models/{variant}-seed{s}/metrics.csv, and the results: ablation.json, ablation.m
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import shutil
+import posixpath
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from refine.report.ablation import ABLATION_FILE
+from refine.rundir import DATA, FILTERED, MANIFEST, RunDir
 
 log = logging.getLogger("pretrain.ablate")
 
@@ -101,16 +106,28 @@ def plan_budget(train_tokens: dict[str, int], seq_len: int, samples_per_step: in
             "epochs": {name: samples / w for name, w in windows.items()}}
 
 
-def _prepare(out: Path, overwrite: bool) -> None:
-    if out.exists() and any(out.iterdir()):
+def _prepare(out: RunDir, overwrite: bool) -> None:
+    from pretrain.ablate.variants import RAW_RUN
+
+    if out.entries():
         if not overwrite:
             raise AblationError(f"{out} is not empty (use --overwrite)")
-        markers = (out / "ablation.json", out / "raw-run" / "manifest.json")
-        if not any(marker.is_file() for marker in markers):
+        if not (out.is_file(ABLATION_FILE) or out.is_file(RAW_RUN, MANIFEST)):
             raise AblationError(f"refusing to --overwrite {out}: it is not an ablation "
                                 "directory")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+        out.remove_tree()
+    out.makedirs()
+
+
+def _work_dir(out: RunDir, work: str | Path | None, stack: contextlib.ExitStack) -> Path:
+    """Where variants, tokenizer, token shards and models go: DIR itself when local, else
+    `work` or a temporary directory removed at the end (training reads local files)."""
+    if out.local:
+        return Path(out.root)
+    if work is not None:
+        Path(work).mkdir(parents=True, exist_ok=True)
+        return Path(work)
+    return Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="refine-ablate-")))
 
 
 def _curated(limit: int | None) -> tuple[list[str], list[str]]:
@@ -127,20 +144,30 @@ def _curated(limit: int | None) -> tuple[list[str], list[str]]:
     return ids, texts
 
 
-def _write_results(out: Path, result: dict[str, Any]) -> None:
-    from pretrain.files import write_json
+def _write_results(out: RunDir, result: dict[str, Any]) -> None:
     from refine.report.ablation import markdown_table, svg_plot
 
-    write_json(out / "ablation.json", result)
-    (out / "ablation.md").write_text(markdown_table(result))
-    (out / "ablation.svg").write_text(svg_plot(result))
+    out.write_json(result, ABLATION_FILE)
+    out.write_bytes(out.path("ablation.md"), markdown_table(result).encode())
+    out.write_bytes(out.path("ablation.svg"), svg_plot(result).encode())
 
 
 def ablate(config: Any, inputs: list[str], output: str | Path, quick: bool = False,
            seeds: int = 2, workers: int = 2, address: str | None = None,
            tokens: int | None = None, overwrite: bool = False,
-           mode: Mode | None = None) -> dict[str, Any]:
-    """Run the whole ablation into `output`; returns what ablation.json holds."""
+           mode: Mode | None = None, work: str | Path | None = None) -> dict[str, Any]:
+    """Run the whole ablation into `output` (a path or a URL); returns what ablation.json
+    holds. With a URL, the refine runs and the results go there and the training files to
+    `work` (see `_work_dir`)."""
+    with contextlib.ExitStack() as stack:
+        return _ablate(config, inputs, RunDir(output), quick, seeds, workers, address, tokens,
+                       overwrite, mode, stack, work)
+
+
+def _ablate(config: Any, inputs: list[str], out_dir: RunDir, quick: bool, seeds: int,
+            workers: int, address: str | None, tokens: int | None, overwrite: bool,
+            mode: Mode | None, stack: contextlib.ExitStack,
+            work: str | Path | None) -> dict[str, Any]:
     import torch
 
     from pretrain.ablate import variants as V
@@ -158,32 +185,33 @@ def ablate(config: Any, inputs: list[str], output: str | Path, quick: bool = Fal
     mode = mode or (QUICK if quick else FULL)
     if seeds < 1:
         raise AblationError("--seeds must be at least 1")
-    out = Path(output)
-    _prepare(out, overwrite)
+    _prepare(out_dir, overwrite)
+    out = _work_dir(out_dir, work, stack)
+    raw_dir, run_dir = RunDir(out_dir.url(V.RAW_RUN)), RunDir(out_dir.url(V.RUN))
     started = time.monotonic()
     timings: dict[str, float] = {}
 
-    log.info("pass 1: stages 1-4 (the raw variant) -> %s", out / V.RAW_RUN)
-    raw_result = run(V.raw_config(config), inputs, out / V.RAW_RUN, workers=workers,
+    log.info("pass 1: stages 1-4 (the raw variant) -> %s", raw_dir)
+    raw_result = run(V.raw_config(config), inputs, raw_dir.location, workers=workers,
                      address=address)
-    raw_files = sorted((out / V.RAW_RUN / "data").glob("*.parquet"))
+    raw_files = [raw_dir.url(DATA, posixpath.basename(f)) for f in raw_dir.files(DATA)]
     if not raw_files:
         raise AblationError("no document passed language ID: nothing to train on")
-    log.info("pass 2: the full config over the raw variant -> %s", out / V.RUN)
-    full_result = run(V.second_pass_config(config), [str(f) for f in raw_files], out / V.RUN,
+    log.info("pass 2: the full config over the raw variant -> %s", run_dir)
+    full_result = run(V.second_pass_config(config), raw_files, run_dir.location,
                       workers=workers, address=address)
     problems = V.check_second_pass(full_result.stats)
     timings["refine_s"] = time.monotonic() - started
 
-    sources = {"raw": out / V.RAW_RUN / "data",
-               "filtered": out / V.RUN / ("filtered" if config.dedup.enabled else "data"),
-               "refined": out / V.RUN / "data"}
-    rows = {name: V.read_rows(path) for name, path in sources.items()}
+    sources = {"raw": (raw_dir, DATA),
+               "filtered": (run_dir, FILTERED if config.dedup.enabled else DATA),
+               "refined": (run_dir, DATA)}
+    rows = {name: V.read_rows(*source) for name, source in sources.items()}
     heldout = [r for r in rows["refined"] if V.is_validation(r["id"], mode.heldout_fraction)]
     if not heldout:
         raise AblationError(f"no refined document fell in the held-out {mode.heldout_fraction} "
                             f"of {len(rows['refined'])}: too few documents")
-    duplicates = V.duplicates_of(out / V.RUN, {r["id"] for r in heldout})
+    duplicates = V.duplicates_of(run_dir, {r["id"] for r in heldout})
     split = V.heldout_split(rows["refined"], duplicates, mode.heldout_fraction)
     variant_info: dict[str, dict[str, Any]] = {}
     for name in V.VARIANTS:
@@ -191,7 +219,7 @@ def ablate(config: Any, inputs: list[str], output: str | Path, quick: bool = Fal
         if not kept:
             raise AblationError(f"the {name} variant has no training documents")
         V.write_rows(kept, out / "variants" / name)
-        variant_info[name] = {"source": str(sources[name]), **counts}
+        variant_info[name] = {"source": sources[name][0].url(sources[name][1]), **counts}
         log.info("%s: %d documents, %d for training (%d bytes)", name, counts["documents"],
                  counts["train_documents"], counts["train_bytes"])
     del rows
@@ -239,7 +267,7 @@ def ablate(config: Any, inputs: list[str], output: str | Path, quick: bool = Fal
     result: dict[str, Any] = {
         "format": FORMAT, "mode": mode.name, "config_name": config.name,
         "config_hash": config.hash, "inputs": list(inputs),
-        "runs": {"raw": str(out / V.RAW_RUN), "full": str(out / V.RUN)},
+        "runs": {"raw": raw_dir.url(), "full": run_dir.url()},
         "tokenizer": {"dir": str(tok_dir), "model_sha256": tok_meta["model_sha256"],
                       "vocab_size": tokenizer.piece_size(), "trained_on": "raw variant "
                       "(training split)"},
@@ -296,7 +324,7 @@ def ablate(config: Any, inputs: list[str], output: str | Path, quick: bool = Fal
                               for s in eval_sets}
     timings["total_s"] = time.monotonic() - started
     result["timings"] = {k: round(v, 2) for k, v in timings.items()}
-    _write_results(out, result)
-    build_report(out / V.RUN)
-    log.info("wrote %s (%.0f s)", out / "ablation.md", timings["total_s"])
+    _write_results(out_dir, result)
+    build_report(run_dir.location, ablation=None if out_dir.local else out / ABLATION_FILE)
+    log.info("wrote %s (%.0f s)", out_dir.url("ablation.md"), timings["total_s"])
     return result

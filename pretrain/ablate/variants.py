@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from pretrain.tokenize import is_validation
 from refine.config import RunConfig, parse_config
 from refine.dedup.fuzzy import url_key
+from refine.rundir import REJECTED, RunDir
 
 VARIANTS = ("raw", "filtered", "refined")
 RAW_RUN, RUN = "raw-run", "run"
@@ -73,17 +74,18 @@ def check_second_pass(stats: dict[str, Any]) -> list[str]:
     return problems
 
 
-def read_rows(directory: Path, columns: tuple[str, ...] = ("id", "url", "text")) -> list[dict]:
-    files = sorted(Path(directory).glob("*.parquet"))
-    return [row for f in files for row in pq.read_table(f, columns=list(columns)).to_pylist()]
+def read_rows(run: RunDir, sub: str,
+              columns: tuple[str, ...] = ("id", "url", "text")) -> list[dict]:
+    """The rows of RUN/sub/*.parquet (RUN local or in a bucket), in file-name order."""
+    return [row for f in run.files(sub)
+            for row in run.read_table(f, columns=list(columns)).to_pylist()]
 
 
-def duplicates_of(run_dir: Path, ids: set[str]) -> set[str]:
+def duplicates_of(run: RunDir, ids: set[str]) -> set[str]:
     """Ids a dedup stage removed as duplicates of one of `ids`."""
-    files = sorted((run_dir / "rejected").glob("*.parquet"))
     out: set[str] = set()
-    for path in files:
-        table = pq.read_table(path, columns=["id", "duplicate_of"])
+    for path in run.files(REJECTED):
+        table = run.read_table(path, columns=["id", "duplicate_of"])
         for doc_id, original in zip(table.column("id").to_pylist(),
                                     table.column("duplicate_of").to_pylist(), strict=True):
             if original is not None and original in ids:

@@ -158,6 +158,7 @@ class Survivors:
 
     survivor: np.ndarray  # int64
     clusters: int  # clusters with at least two documents
+    cluster_size: np.ndarray  # int64 per document: members of its cluster (1: no duplicate)
 
     @property
     def removed(self) -> np.ndarray:
@@ -178,7 +179,7 @@ def choose_survivors(edges: np.ndarray, shard_offsets: np.ndarray, rank: np.ndar
     n = len(rank)
     survivor = np.arange(n, dtype=np.int64)
     if not len(edges):
-        return Survivors(survivor, 0)
+        return Survivors(survivor, 0, np.ones(n, dtype=np.int64))
     nodes = shard_offsets[(edges >> np.uint64(32)).astype(np.int64)] + (
         edges & np.uint64(0xFFFFFFFF)).astype(np.int64)
     labels = connected_components(n, nodes)
@@ -187,4 +188,4 @@ def choose_survivors(edges: np.ndarray, shard_offsets: np.ndarray, rank: np.ndar
     by_rank = np.argsort(rank)
     survivor = by_rank[best[labels]]
     sizes = np.bincount(labels, minlength=n)
-    return Survivors(survivor, int((sizes > 1).sum()))
+    return Survivors(survivor, int((sizes > 1).sum()), sizes[labels])

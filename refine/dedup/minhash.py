@@ -9,21 +9,19 @@ a document without shingles). ``scheme="affine32"`` is datasketch 2.x's default 
 sha1_hash32, MurmurHash3 fmix32, then ``a_k * h + b_k mod 2**32`` with odd a_k.
 
 SHA-1 of batches (`signatures`, `text_signatures`, `texts_hashes`) is vectorised over all their
-shingles (`refine.dedup.hashing`); still about half the time of a 14x8 signature.
-``shingle_hash="poly64"`` swaps it (and the per-shingle Python strings with it) for a
-vectorised polynomial hash of the shingle bytes: not datasketch's values, the same estimator
-and S-curve.
+shingles (`refine.dedup.hashing`). ``shingle_hash="poly64"`` swaps it (and the per-shingle
+Python strings with it) for a vectorised polynomial hash of the shingle bytes: not datasketch's
+values, the same estimator and S-curve.
 
-What is faster than datasketch: SHA-1 over whole batches; shingles of a document are
-de-duplicated first where that pays (min is idempotent: one at a time, or from 512 hashes on),
-the ``mod (2**61 - 1)`` is a Mersenne fold instead of an integer division,
-work is done in cache-sized chunks of in-place numpy operations, and batches of documents
-share those chunks (`MinHasher.signatures`).
+The permutations and minima are a compiled kernel (`refine.dedup.kernels`, numba) over a whole
+batch: per shingle, a vectorised loop over the permutations min-reduces into the signature
+row; the ``mod (2**61 - 1)`` is a Mersenne fold on 32-bit halves. Shingles of a document are
+de-duplicated first where that pays (min is idempotent: one at a time, or from 512 hashes on).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -42,9 +40,6 @@ from refine.dedup.normalize import normalize_text
 MERSENNE_PRIME = (1 << 61) - 1
 MAX_HASH = (1 << 32) - 1
 _P = np.uint64(MERSENNE_PRIME)
-_LOW_WORD = 0 if np.little_endian else 1
-_CHUNK_ELEMENTS = 1 << 18  # (rows x num_perm) per numpy pass, measured best: 2 MiB of uint64
-_MIN_ROWS = 64  # but never fewer shingles per pass (9,000 hashes: 4.6 MB scratch buffers x 2)
 _DISTINCT_MIN_PERM = 512  # batches keep repeated shingles; from here a sort per doc pays off
 
 
@@ -107,14 +102,13 @@ def permutations(config: MinHashConfig) -> tuple[np.ndarray, np.ndarray]:
 class MinHasher:
     """Computes signatures (uint32 arrays of `config.num_perm`) for shingle sets or texts.
 
-    Holds scratch buffers: use one instance per thread.
+    `hash_signatures` holds no state and releases the GIL in its kernel (threads may share it);
+    the SHA-1 routes use `refine.dedup.hashing`'s module-level scratch buffers (one thread).
     """
 
     def __init__(self, config: MinHashConfig = REFINEDWEB) -> None:
         self.config = config
         self.a, self.b = permutations(config)
-        self._rows = max(_MIN_ROWS, _CHUNK_ELEMENTS // config.num_perm)
-        self._buf: tuple[np.ndarray, np.ndarray] | None = None
 
     def hashes(self, shingles: Sequence[bytes]) -> np.ndarray:
         """32-bit hashes of a document's shingles, pre-mixed as the scheme requires."""
@@ -165,45 +159,21 @@ class MinHasher:
 
     def hash_signatures(self, per_doc: Sequence[np.ndarray]) -> np.ndarray:
         """Signatures from each document's (pre-mixed) shingle hashes, as `hashes` gives."""
-        hv = np.concatenate(per_doc) if len(per_doc) else np.empty(0, np.uint32)
-        owner = np.repeat(np.arange(len(per_doc)), [len(h) for h in per_doc])
-        out = np.full((len(per_doc), self.config.num_perm), MAX_HASH, dtype=np.uint32)
-        legacy = self.config.scheme == "legacy"
-        if legacy:
-            hv = hv.astype(np.uint64)
-        for start in range(0, len(hv), self._rows):
-            doc = owner[start : start + self._rows]
-            h = hv[start : start + self._rows, None]
-            values = self._legacy(h) if legacy else self._affine32(h)
-            first = np.flatnonzero(np.r_[True, doc[1:] != doc[:-1]])
-            mins = np.minimum.reduceat(values, first, axis=0)
-            out[doc[first]] = np.minimum(out[doc[first]], mins)
+        offsets = np.zeros(len(per_doc) + 1, dtype=np.int64)
+        np.cumsum([len(h) for h in per_doc], out=offsets[1:])
+        hashes = (
+            np.concatenate(per_doc, dtype=np.uint32) if len(per_doc) else np.empty(0, np.uint32)
+        )
+        out = np.empty((len(per_doc), self.config.num_perm), dtype=np.uint32)
+        _kernel(self.config.scheme)(hashes, offsets, self.a, self.b, out)
         return out
 
-    def _buffers(self, dtype: type) -> tuple[np.ndarray, np.ndarray]:
-        # Reused: allocating fresh MiB-sized arrays per chunk costs page faults (~3x slower).
-        if self._buf is None or self._buf[0].dtype != dtype:
-            shape = (self._rows, self.config.num_perm)
-            self._buf = (np.empty(shape, dtype), np.empty(shape, dtype))
-        return self._buf
 
-    def _legacy(self, h: np.ndarray) -> np.ndarray:
-        """(k, 1) uint64 hashes -> (k, num_perm) uint32 view of permuted values."""
-        x, t = (buf[: len(h)] for buf in self._buffers(np.uint64))
-        np.multiply(h, self.a, out=x)  # wraps mod 2**64, as datasketch's does
-        x += self.b
-        np.right_shift(x, np.uint64(61), out=t)  # x mod P == (x & P) + (x >> 61), less P
-        x &= _P  # once more if that sum is >= P
-        x += t
-        if x.max() >= _P:  # ~2**-58 per value: finish the reduction exactly (rare)
-            x[x >= _P] -= _P
-        return x.view(np.uint32)[:, _LOW_WORD::2]  # the low 32 bits, without a copy
+def _kernel(scheme: str) -> Callable[..., None]:
+    # imported here: numba takes ~0.5 s and ~60 MB, which only processes that sign should pay
+    from refine.dedup import kernels
 
-    def _affine32(self, h: np.ndarray) -> np.ndarray:
-        x, _ = (buf[: len(h)] for buf in self._buffers(np.uint32))
-        np.multiply(h, self.a, out=x)  # wraps mod 2**32
-        x += self.b
-        return x
+    return kernels.legacy_signatures if scheme == "legacy" else kernels.affine32_signatures
 
 
 def band_keys(signature: np.ndarray, config: MinHashConfig) -> list[int]:

@@ -15,16 +15,15 @@ import pyarrow as pa
 
 from refine.dedup.exact import DuplicateSpan, cut_spans
 from refine.rundir import DATA, REJECTED, SPANS, RunDir
-from refine.shards import KEPT_SCHEMA, REJECTED_SCHEMA, metrics_dict, rows_to_table
+from refine.shards import (
+    KEPT_SCHEMA,
+    REJECTED_SCHEMA,
+    SPAN_SCHEMA,
+    metrics_dict,
+    rows_to_table,
+)
 
-SPAN_SCHEMA = pa.schema([
-    ("id", pa.string()),
-    ("start", pa.int64()),
-    ("end", pa.int64()),
-    ("tokens", pa.int64()),
-    ("duplicate_of", pa.string()),
-    ("text", pa.string()),
-])
+CLUSTER_SIZE = "fuzzy_dedup.cluster_size"  # documents in the near-duplicate cluster it survived
 
 
 @dataclass(frozen=True)
@@ -40,6 +39,8 @@ class ShardEdits:
 
     removals: dict[int, Removal] = field(default_factory=dict)
     spans: dict[int, list[tuple[DuplicateSpan, str]]] = field(default_factory=dict)  # + source id
+    fuzzy: bool = False  # fuzzy dedup ran: every kept row records its cluster size
+    cluster_size: dict[int, int] = field(default_factory=dict)  # rows that survived a cluster
 
 
 @dataclass
@@ -88,6 +89,9 @@ def rewrite_shard(source: str, run: RunDir, edits: ShardEdits, rejected_text_cha
                 {"key": "exact_dedup.chars_cut", "value": float(cut)},
                 {"key": "exact_dedup.spans", "value": float(len(spans))}]
             row["token_count"] = len(row["text"].split())
+        if edits.fuzzy:  # FineWeb-2's minhash_cluster_size: to upsample by it (rehydration)
+            row["metrics"] = row["metrics"] + [
+                {"key": CLUSTER_SIZE, "value": float(edits.cluster_size.get(index, 1))}]
         kept.append(row)
     if kept:
         run.write_table(pa.Table.from_pylist(kept, schema=KEPT_SCHEMA), run.path(DATA, name),

@@ -106,6 +106,7 @@ def run_dedup(run_dir: RunDir | str | Path, config: DedupConfig, rejected_text_c
     rank = preference_order(chars, id_hash)
     removals: dict[int, Removal] = {}
     stages: dict[str, dict[str, Any]] = {}
+    cluster_size: dict[int, int] = {}  # survivors of clusters of two or more: the size
 
     if fuzzy is not None:
         stage = stages["fuzzy_dedup"] = _stage(total)
@@ -118,6 +119,10 @@ def run_dedup(run_dir: RunDir | str | Path, config: DedupConfig, rejected_text_c
         for doc in survivors.removed.tolist():
             removals[doc] = Removal("fuzzy_dedup", "near_duplicate",
                                     ids[int(survivors.survivor[doc])])
+        kept_in_cluster = np.flatnonzero((survivors.cluster_size > 1)
+                                         & (survivors.survivor == np.arange(total)))
+        cluster_size = dict(zip(kept_in_cluster.tolist(),
+                                survivors.cluster_size[kept_in_cluster].tolist(), strict=True))
         stage.update(clusters=survivors.clusters, candidate_pairs=len(edges), buckets=buckets,
                      preset=f"{fuzzy.num_bands}x{fuzzy.rows_per_band}")
         log.info("fuzzy dedup: %d near-duplicates in %d clusters", len(removals),
@@ -172,12 +177,14 @@ def run_dedup(run_dir: RunDir | str | Path, config: DedupConfig, rejected_text_c
         alive[list(removals)] = False
         write_url_set(run_dir, url_hash, ids.array, alive)
 
-    edits = [ShardEdits() for _ in shards]
+    edits = [ShardEdits(fuzzy=fuzzy is not None) for _ in shards]
     shard_of = np.searchsorted(offsets, np.arange(total), side="right") - 1
     for doc, removal in removals.items():
         edits[shard_of[doc]].removals[doc - int(offsets[shard_of[doc]])] = removal
     for doc, spans in spans_by_doc.items():
         edits[shard_of[doc]].spans[doc - int(offsets[shard_of[doc]])] = spans
+    for doc, size in cluster_size.items():
+        edits[shard_of[doc]].cluster_size[doc - int(offsets[shard_of[doc]])] = size
     rewritten = map_tasks("dedup: rewrite shards", rewrite_shard, [
         (path, run_dir, edit, rejected_text_chars, compression)
         for path, edit in zip(shards, edits, strict=True)])

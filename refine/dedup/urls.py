@@ -16,8 +16,7 @@ import pyarrow as pa
 from refine import arrowfile
 from refine.dedup.config import url_set_path
 from refine.rundir import URL_SET, RunDir
-
-URL_SET_SCHEMA = pa.schema([("url_hash", pa.uint64()), ("id", pa.string())])
+from refine.shards import URL_SET_SCHEMA
 
 
 @dataclass

@@ -289,7 +289,8 @@ def _dedup(data: dict[str, Any]) -> str:
         rows = "".join(f'<tr><td class="l">{_e(k)}</td><td>{_n(v)}</td></tr>'
                        for k, v in _bucket(d["cluster_sizes"]))
         out.append(f"<h3>Fuzzy (MinHash)</h3><p>{_n(removed)} documents removed from "
-                   f"{_n(d['clusters'])} clusters.</p>"
+                   f"{_n(d['clusters'])} clusters; each kept document records the size of the "
+                   "cluster it survived in <code>fuzzy_dedup.cluster_size</code>.</p>"
                    + ('<table><tr><th class="l">cluster size (with the kept document)</th>'
                       f"<th>clusters</th></tr>{rows}</table>" if rows else ""))
     exact = stats["stages"].get("exact_dedup")
