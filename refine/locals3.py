@@ -14,6 +14,8 @@ import sys
 import time
 from collections.abc import Iterator
 
+SECRET = "local-secret"  # the secret key it is given: tests check it is written nowhere
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -33,7 +35,7 @@ def moto_server(bucket: str) -> Iterator[subprocess.Popen]:
     )
     env = {
         "AWS_ACCESS_KEY_ID": "local",
-        "AWS_SECRET_ACCESS_KEY": "local-secret",
+        "AWS_SECRET_ACCESS_KEY": SECRET,
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
     }
@@ -49,15 +51,23 @@ def moto_server(bucket: str) -> Iterator[subprocess.Popen]:
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("moto server did not start") from None
                 time.sleep(0.2)
+        _forget_s3_clients()  # fsspec caches clients, with the endpoint of an earlier server
         import fsspec
 
-        fsspec.filesystem("s3", use_listings_cache=False, skip_instance_cache=True).mkdir(bucket)
+        fsspec.filesystem("s3", use_listings_cache=False).mkdir(bucket)
         yield server
     finally:
         server.terminate()
         server.wait(timeout=30)
+        _forget_s3_clients()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def _forget_s3_clients() -> None:
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()

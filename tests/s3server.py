@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from refine.locals3 import SECRET  # noqa: F401 (SECRET: re-export)
 from refine.locals3 import moto_server as local_s3
 
 BUCKET = "refine-test"

@@ -15,7 +15,7 @@ from pretrain.tokenize import MANIFEST, SPLITS
 from pretrain.tokenizer import META_FILE, MODEL_FILE, VOCAB_FILE
 
 from .pretrain_data import VAL_FRACTION, VOCAB_SIZE
-from .s3server import BUCKET, moto_server
+from .s3server import BUCKET, SECRET, moto_server
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = f"s3://{BUCKET}/runs/r1"
@@ -96,7 +96,7 @@ def test_tokenizer_from_a_bucket_is_the_one_from_local_data(s3, refine_run, buck
     for meta in (remote_meta, local_meta):
         del meta["source"]["data"]
     assert remote_meta == local_meta  # same files, sample, run hash and manifest sha256
-    assert "testing-secret" not in in_bucket[META_FILE].decode()
+    assert SECRET not in in_bucket[META_FILE].decode()
     again = pretrain(s3, cwd, "tokenizer", "--data", DATA, "--out", remote, *TOKENIZER_ARGS,
                      ok=False)
     assert again.returncode == 2 and "--overwrite" in again.stderr
@@ -127,7 +127,7 @@ def test_tokenize_from_a_bucket_to_a_local_and_a_remote_out(s3, bucket_tokenizer
     assert in_bucket == expected
     assert comparable(manifest) == expected_manifest
     assert manifest["tokenizer"]["path"] == remote_tok
-    assert "testing-secret" not in json.dumps(manifest)
+    assert SECRET not in json.dumps(manifest)
     assert list(cwd.iterdir()) == []
 
     again = pretrain(s3, cwd, "tokenize", "--data", DATA, "--tokenizer", remote_tok, "--out",

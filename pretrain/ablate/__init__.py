@@ -325,6 +325,8 @@ def _ablate(config: Any, inputs: list[str], out_dir: RunDir, quick: bool, seeds:
     timings["total_s"] = time.monotonic() - started
     result["timings"] = {k: round(v, 2) for k, v in timings.items()}
     _write_results(out_dir, result)
+    if not out_dir.local:  # the report reads the results from a local file
+        RunDir(out).write_json(result, ABLATION_FILE)
     build_report(run_dir.location, ablation=None if out_dir.local else out / ABLATION_FILE)
     log.info("wrote %s (%.0f s)", out_dir.url("ablation.md"), timings["total_s"])
     return result
