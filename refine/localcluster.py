@@ -47,7 +47,11 @@ class LocalCluster:
             self._start("--address", self.address, "--num-cpus", str(cpus_per_node))
 
     def _start(self, *args: str) -> None:
+        # each node's dashboard agent on its own port: the default (52365) is one per machine,
+        # and a worker node's agent taking it first leaves the head with none ("No available
+        # agent to submit job")
         proc = subprocess.Popen([RAY, "start", *args, "--node-ip-address", "127.0.0.1",
+                                 "--dashboard-agent-listen-port", str(free_port()),
                                  "--disable-usage-stats"], env=self.env, start_new_session=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         output, _ = proc.communicate(timeout=120)
