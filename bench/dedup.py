@@ -31,8 +31,8 @@ descendant processes (Ray workers ``ray::*``, raylet, GCS, agents, ...) and thei
 peaks in total, for driver + workers, and per process (memory from each scale's first run:
 workers are reused and keep their heap), CPU seconds of driver + workers (a growth measure
 less sensitive to other load on the machine than wall time). Wall time of each map step
-(sign_shard, bucket_edges, dedup_partition, rewrite_shard) is measured around `map_tasks`;
-the rest (driver_other_s) is driver work: union-find, survivors, URL decision, bookkeeping.
+(sign_shard, bucket_edges, star_round, shard_windows, ...) is measured around `map_tasks`;
+the rest (driver_other_s) is driver work: listing files and bookkeeping.
 One JSON line per (preset, scale) (``"bench": "dedup_scaling"``), then one summary line per
 preset with wall(2x)/wall(1x), wall(4x)/wall(1x), the same for CPU and per step, and
 ``linear_ok``: wall(k x) <= k * wall(1x) * 1.1 for every scale k (``cpu_linear_ok``: the same

@@ -1,10 +1,12 @@
-"""Extraction quality (ScrapingHub benchmark P/R/F1) and speed per trafilatura option set.
+"""Extraction quality (ScrapingHub benchmark P/R/F1) and speed per engine and option set.
 
-Prints one JSON line per option set. Timing covers the full ``extract_text`` path
-(bytes decoding, trafilatura, URL/whitespace post-processing), single process.
+Prints one JSON line per set: each trafilatura option set, and the resiliparse engine. The sets
+run side by side (each page goes through every set in turn, so a busy moment of a shared machine
+slows them alike). Timing covers the full ``extract_text`` path (bytes decoding, extraction,
+URL/whitespace post-processing), single process.
 
-    .venv/bin/python bench/extraction_quality.py                  # all preset option sets
-    .venv/bin/python bench/extraction_quality.py --sets precision precision_fast
+    .venv/bin/python bench/extraction_quality.py                  # all sets
+    .venv/bin/python bench/extraction_quality.py --sets recall_fast resiliparse  # the two engines
     .venv/bin/python bench/extraction_quality.py --options '{"fast": true, "include_tables": false}'
 """
 
@@ -15,13 +17,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from refine.extract import ExtractConfig
-from refine.extract_eval import evaluate
+from refine.extract import TRAFILATURA_ONLY, ExtractConfig
+from refine.extract_eval import evaluate_side_by_side
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "extraction"
 
-# Explicit on every knob we compare, so the sets do not drift when ExtractConfig defaults change.
+# Explicit on every knob we compare, so the sets do not drift when ExtractConfig defaults change
+# (the resiliparse engine takes only the knobs that are not trafilatura's alone).
 _BASE = {"favor_precision": False, "favor_recall": False, "fast": False, "include_tables": True}
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},  # trafilatura's own balanced mode
@@ -34,7 +37,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     "recall_fast_stock_xpaths": {"favor_recall": True, "fast": True, "fast_xpaths": False},
     "recall_fast_notables": {"favor_recall": True, "fast": True, "include_tables": False},
     "precision_notables": {"favor_precision": True, "include_tables": False},
+    "resiliparse": {"engine": "resiliparse"},  # configs/fast.yaml's extractor
 }
+
+
+def with_base(overrides: dict[str, Any]) -> dict[str, Any]:
+    """`overrides` over the explicit base knobs that its engine reads."""
+    trafilatura = overrides.get("engine", "trafilatura") == "trafilatura"
+    base = {k: v for k, v in _BASE.items() if trafilatura or k not in TRAFILATURA_ONLY}
+    return {**base, **overrides}
 
 
 def main() -> None:
@@ -47,16 +58,18 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="timings per page (median kept)")
     args = ap.parse_args()
 
-    runs = [(name, {**_BASE, **PRESETS[name]}) for name in args.sets]
-    runs += [("custom", {**_BASE, **json.loads(o)}) for o in args.options]
-    for name, overrides in runs:
-        config = ExtractConfig(**overrides)
-        res = evaluate(args.data / "html", args.data / "ground-truth.json", config, args.repeat)
-        options = config.model_dump(exclude={"timeout_s", "deduplicate"})
-        print(
-            json.dumps({"bench": "extraction_quality", "name": name, "options": options, **res}),
-            flush=True,
-        )
+    runs = [(name, with_base(PRESETS[name])) for name in args.sets]
+    runs += [(f"custom{i or ''}", with_base(json.loads(o))) for i, o in enumerate(args.options)]
+    configs = {name: ExtractConfig(**overrides) for name, overrides in runs}
+    results = evaluate_side_by_side(
+        args.data / "html", args.data / "ground-truth.json", configs, args.repeat
+    )
+    for name, config in configs.items():
+        unread = set(TRAFILATURA_ONLY) if config.engine != "trafilatura" else set()
+        options = config.model_dump(exclude={"timeout_s", "deduplicate", *unread})
+        line = {"bench": "extraction_quality", "name": name, "engine": config.engine,
+                "options": options, **results[name]}
+        print(json.dumps(line), flush=True)
 
 
 if __name__ == "__main__":

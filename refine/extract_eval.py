@@ -84,41 +84,68 @@ def evaluate(
 
     Each page is timed ``repeat`` times (after one warm-up page); its time is the median.
     """
+    return evaluate_side_by_side(pages_dir, ground_truth_json, {"": config}, repeat)[""]
+
+
+def evaluate_side_by_side(
+    pages_dir: Path | str,
+    ground_truth_json: Path | str,
+    configs: dict[str, ExtractConfig],
+    repeat: int = 1,
+) -> dict[str, dict[str, Any]]:
+    """``evaluate`` for several configs (an engine each, or option sets) in one pass: each page
+    goes through every config in turn, so a slower moment of a shared machine costs them alike."""
     pages = load_gold(pages_dir, ground_truth_json)
     if not pages:
         raise ValueError(f"no *.html.gz pages in {pages_dir}")
-    extract_text(decode_html(pages[0][1]), config)  # warm-up: lazy imports, regex compilation
-    precs, recs, f1s, times_ms, empty = [], [], [], [], 0
-    slowest: list[tuple[float, str]] = []
+    scores = {name: _Scores() for name in configs}
+    for config in configs.values():  # warm-up: lazy imports, regex compilation
+        extract_text(decode_html(pages[0][1]), config)
     for key, raw, gold in pages:
-        runs = []
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            pred = extract_text(decode_html(raw), config)
-            runs.append((time.perf_counter() - t0) * 1e3)
-        ms = statistics.median(runs)
-        times_ms.append(ms)
-        slowest.append((ms, key))
+        for name, config in configs.items():
+            runs = []
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                pred = extract_text(decode_html(raw), config)
+                runs.append((time.perf_counter() - t0) * 1e3)
+            scores[name].add(key, pred, gold, statistics.median(runs))
+    return {name: score.summary() for name, score in scores.items()}
+
+
+class _Scores:
+    """Per-page precision, recall, F1 and time of one config, summed up as the benchmark does."""
+
+    def __init__(self) -> None:
+        self.precs: list[float] = []
+        self.recs: list[float] = []
+        self.f1s: list[float] = []
+        self.times_ms: list[tuple[float, str]] = []
+        self.empty = 0
+
+    def add(self, key: str, pred: str, gold: str, ms: float) -> None:
         tp, fp, fn = tp_fp_fn(pred, gold)
         p, r, f = token_prf(pred, gold)
-        empty += not pred
+        self.empty += not pred
         if tp + fp > 0:
-            precs.append(p)
+            self.precs.append(p)
         if tp + fn > 0:
-            recs.append(r)
-        f1s.append(f)
-    prec, rec = statistics.fmean(precs or [0.0]), statistics.fmean(recs or [0.0])
-    times_sorted = sorted(times_ms)
-    return {
-        "pages": len(pages),
-        "precision": round(prec, 4),
-        "recall": round(rec, 4),
-        "f1": round(2 * prec * rec / (prec + rec) if prec + rec else 0.0, 4),
-        "f1_page_mean": round(statistics.fmean(f1s), 4),
-        "empty_pages": empty,
-        "ms_per_page": round(statistics.fmean(times_ms), 2),
-        "ms_p50": round(times_sorted[len(times_sorted) // 2], 2),
-        "ms_p99": round(times_sorted[min(len(times_sorted) - 1, int(0.99 * len(times_sorted)))], 2),
-        "ms_max": round(times_sorted[-1], 2),
-        "slowest": [[k, round(t, 1)] for t, k in sorted(slowest, reverse=True)[:3]],
-    }
+            self.recs.append(r)
+        self.f1s.append(f)
+        self.times_ms.append((ms, key))
+
+    def summary(self) -> dict[str, Any]:
+        prec, rec = statistics.fmean(self.precs or [0.0]), statistics.fmean(self.recs or [0.0])
+        times = sorted(ms for ms, _ in self.times_ms)
+        return {
+            "pages": len(self.f1s),
+            "precision": round(prec, 4),
+            "recall": round(rec, 4),
+            "f1": round(2 * prec * rec / (prec + rec) if prec + rec else 0.0, 4),
+            "f1_page_mean": round(statistics.fmean(self.f1s), 4),
+            "empty_pages": self.empty,
+            "ms_per_page": round(statistics.fmean(times), 2),
+            "ms_p50": round(times[len(times) // 2], 2),
+            "ms_p99": round(times[min(len(times) - 1, int(0.99 * len(times)))], 2),
+            "ms_max": round(times[-1], 2),
+            "slowest": [[k, round(t, 1)] for t, k in sorted(self.times_ms, reverse=True)[:3]],
+        }

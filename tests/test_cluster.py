@@ -95,3 +95,16 @@ def test_killing_a_worker_process_and_then_a_node_changes_nothing(cluster, refin
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output
     assert_same_output(run_dir, refine_run)
+
+
+def test_killing_a_node_during_dedup_changes_nothing(cluster, refine_run, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = refine_cli(cluster, run_dir)
+    wait_for(lambda: (run_dir / "dedup" / "work").exists() or proc.poll() is not None, 600,
+             "dedup to start")
+    assert proc.poll() is None and not (run_dir / "stats" / "dedup.json").exists(), \
+        "the run ended before the node was killed"
+    cluster.kill_node(2)  # its dedup tasks are retried elsewhere; their files are rewritten
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output
+    assert_same_output(run_dir, refine_run)

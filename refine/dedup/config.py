@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import fsspec
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from refine.dedup.minhash import MinHashConfig
 from refine.rundir import URL_SET  # a run's kept URLs, read by later runs' URL dedup
@@ -17,20 +18,29 @@ class FuzzyDedupConfig(MinHashConfig):
     """Stage 8. Defaults: RefinedWeb's 450 bands x 20 rows on word 5-grams."""
 
     enabled: bool = True
-    # band keys are shuffled into buckets of about this many bytes (16 per key), one task each
+    # band keys are shuffled into buckets of about this many bytes (32 per key), one task each
     bucket_bytes: int = Field(256 * MiB, ge=MiB)
 
 
 class ExactDedupConfig(BaseModel):
-    """Stage 9: spans of `min_tokens` or more tokens seen earlier in the partition are cut."""
+    """Stage 9: spans of `min_tokens` or more tokens seen earlier in the run are cut."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = True
     min_tokens: int = Field(50, ge=2)
     min_chars: int = Field(20, ge=0)  # documents left shorter than this are dropped
-    # text per suffix array: a task's peak memory is about 20x this (measured on 10 MB)
-    partition_bytes: int = Field(64 * MiB, ge=1024)
+    # memory of one task that finds repeats: hashes of token windows are split into partitions
+    # of about this size (each window costs ~130 bytes there, 30 per character of text)
+    task_bytes: int = Field(512 * MiB, ge=1024)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, values: Any) -> Any:
+        if isinstance(values, dict) and "partition_bytes" in values:
+            raise ValueError("partition_bytes is gone: exact dedup now compares the whole run; "
+                             "bound each task's memory with task_bytes")
+        return values
 
 
 class URLDedupConfig(BaseModel):
@@ -40,6 +50,8 @@ class URLDedupConfig(BaseModel):
 
     enabled: bool = True
     previous_runs: list[str] = Field(default_factory=list)  # run directories, or their urls.parquet
+    # URL hashes are split into ranges of about this many bytes (32 per document), one task each
+    task_bytes: int = Field(256 * MiB, ge=1024)
 
     @field_validator("previous_runs")
     @classmethod

@@ -1,10 +1,13 @@
-"""Stage 8, fuzzy dedup, in three steps that move only keys and ids, never texts.
+"""Stage 8, fuzzy dedup, in steps that move only keys and document nodes, never texts.
 
 1. `sign_shard` (one task per kept shard): MinHash band keys of each document, scattered by
-   key into buckets on disk, plus a small table of the shard's documents (id, length, hashes).
+   key into buckets on disk, plus the shard's document nodes and URL hashes.
 2. `bucket_edges` (one task per bucket): documents sharing a band key become duplicate edges.
-3. `choose_survivors` (driver): edges chained into clusters (connected components); in each
-   cluster one survivor, chosen by content: the longest text, then the smallest id hash.
+3. `refine.dedup.stars` (one task per partition, in rounds): edges chained into clusters
+   (connected components); in each cluster one survivor, chosen by content: the longest text,
+   then the smallest id hash.
+
+`choose_survivors` is the same decision in memory, for tests.
 """
 
 from __future__ import annotations
@@ -16,15 +19,18 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 
 from refine.dedup.components import connected_components
 from refine.dedup.config import FuzzyDedupConfig
 from refine.dedup.minhash import MinHasher, band_key_array
+from refine.dedup.shuffle import NODE, gather, make_nodes, scatter
+from refine.dedup.stars import write_pairs
 from refine.rundir import RunDir
 from refine.urlnorm import split_url
 
-KEY_DTYPE = np.dtype([("key", "<u8"), ("doc", "<u8")])
+ENTRY = np.dtype([("key", "<u8"), ("node", NODE)])  # one band key of one document
+BANDS = "bands"
+CC = "cc"
 BATCH_DOCS = 512
 FLUSH_KEYS = 1 << 22  # write a part file per bucket every ~4M keys (64 MB) to bound memory
 
@@ -42,113 +48,99 @@ def url_key(url: str) -> str:
     return f"{host}{path or '/'}{'?' + query if query else ''}"
 
 
+DOC = np.dtype([("node", NODE), ("url_hash", "<u8")])  # per row of a shard, in docs/
+
+
+def docs_path(work: str, name: str) -> str:
+    return f"{work}/docs/{name}.npy"
+
+
 @dataclass
-class ShardDocs:
-    """What the driver keeps per document of one shard (a few dozen bytes each)."""
-
-    shard: str
-    ids: pa.StringArray  # one buffer, not a Python str per document
-    chars: np.ndarray  # int64 text length
-    id_hash: np.ndarray  # uint64
-    url_hash: np.ndarray  # uint64, 0 for no URL
-    signed: np.ndarray  # bool: had at least one shingle (documents without are not compared)
-    cpu_s: float = 0.0
-
-    def __len__(self) -> int:
-        return len(self.ids)
+class SignedShard:
+    documents: int
+    chars: int
+    entries: int  # band keys written
+    cpu_s: float
 
 
-def read_shard_docs(run: RunDir, path: str, shard: str) -> tuple[ShardDocs, list[str]]:
-    table = run.read_table(path, columns=["id", "url", "text"])
-    id_array = table.column("id").combine_chunks().cast(pa.string())
-    ids = id_array.to_pylist()
-    urls = table.column("url").to_pylist()
-    texts = table.column("text").to_pylist()
-    docs = ShardDocs(
-        shard=shard,
-        ids=id_array,
-        chars=np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts)),
-        id_hash=np.fromiter((stable_hash64(i) for i in ids), dtype=np.uint64, count=len(ids)),
-        url_hash=np.fromiter((stable_hash64(url_key(u)) if u else 0 for u in urls),
-                             dtype=np.uint64, count=len(urls)),
-        signed=np.zeros(len(ids), dtype=bool),
-    )
-    return docs, texts
-
-
-def sign_shard(run: RunDir, path: str, shard_index: int, bucket_dir: str, num_buckets: int,
-               config: FuzzyDedupConfig | None) -> ShardDocs:
-    """Read one shard; with `config`, write its band keys to ``bucket_dir/NNNNN/`` files
-    (`bucket_dir` relative to the run directory)."""
-    started = time.process_time()
-    name = posixpath.basename(path)
-    docs, texts = read_shard_docs(run, path, name)
-    if config is None:
-        docs.cpu_s = time.process_time() - started
-        return docs
-    hasher = MinHasher(config)
-    pending: list[np.ndarray] = []
-    pending_keys, part = 0, 0
-    for first in range(0, len(texts), BATCH_DOCS):
-        hashes = hasher.texts_hashes(texts[first : first + BATCH_DOCS])
-        rows = np.array([first + i for i, h in enumerate(hashes) if len(h)], dtype=np.uint64)
-        if not len(rows):
-            continue
-        docs.signed[rows.astype(np.int64)] = True
-        keys = band_key_array(hasher.hash_signatures([h for h in hashes if len(h)]), config)
-        entries = np.empty(keys.size, dtype=KEY_DTYPE)
-        entries["key"] = keys.ravel()
-        entries["doc"] = np.repeat((np.uint64(shard_index) << np.uint64(32)) | rows,
-                                   config.num_bands)
-        pending.append(entries)
-        pending_keys += len(entries)
-        if pending_keys >= FLUSH_KEYS:
-            _scatter(np.concatenate(pending), run, bucket_dir, num_buckets, f"{name}-{part}")
-            pending, pending_keys, part = [], 0, part + 1
-    if pending:
-        _scatter(np.concatenate(pending), run, bucket_dir, num_buckets, f"{name}-{part}")
-    docs.cpu_s = time.process_time() - started
-    return docs
-
-
-def bucket_sub(bucket_dir: str, bucket: int) -> str:
-    return f"{bucket_dir}/{bucket:05d}"
-
-
-def _scatter(entries: np.ndarray, run: RunDir, bucket_dir: str, num_buckets: int,
-             stem: str) -> None:
-    bucket = entries["key"] % np.uint64(num_buckets)
-    order = np.argsort(bucket, kind="stable")
-    entries, bucket = entries[order], bucket[order]
-    bounds = np.searchsorted(bucket, np.arange(num_buckets + 1, dtype=np.uint64))
-    for k in range(num_buckets):
-        if bounds[k] == bounds[k + 1]:
-            continue
-        with run.writer(run.path(bucket_sub(bucket_dir, k), f"{stem}.npy")) as handle:
-            np.save(handle, entries[bounds[k] : bounds[k + 1]])
-
-
-def _load(run: RunDir, path: str) -> np.ndarray:
-    with run.open(path) as handle:
+def read_docs(run: RunDir, work: str, name: str) -> np.ndarray:
+    with run.open(run.path(docs_path(work, name))) as handle:
         return np.load(io.BytesIO(handle.read()))
 
 
-def bucket_edges(run: RunDir, directory: str) -> tuple[np.ndarray, float]:
-    """Documents sharing a band key, as (m, 2) uint64 packed document ids, each edge once
-    (`directory` relative to the run directory)."""
+def sign_shard(run: RunDir, path: str, shard_index: int, work: str, num_buckets: int,
+               config: FuzzyDedupConfig | None) -> SignedShard:
+    """Read one shard: write its documents' nodes and URL hashes to ``work/docs/``, and with
+    `config` their band keys to the buckets of ``work/bands/`` (`work` relative to the run)."""
     started = time.process_time()
-    files = run.files(directory, suffix=".npy")
-    if not files:
-        return np.empty((0, 2), dtype=np.uint64), 0.0
-    entries = np.concatenate([_load(run, f) for f in files])
-    order = np.lexsort((entries["doc"], entries["key"]))
-    key, doc = entries["key"][order], entries["doc"][order]
+    name = posixpath.basename(path)
+    table = run.read_table(path, columns=["id", "url", "text"])
+    ids = table.column("id").to_pylist()
+    urls = table.column("url").to_pylist()
+    texts = table.column("text").to_pylist()
+    chars = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
+    docs = np.empty(len(texts), dtype=DOC)
+    docs["node"] = make_nodes(shard_index, chars, np.fromiter(
+        (stable_hash64(i) for i in ids), dtype=np.uint64, count=len(ids)))
+    docs["url_hash"] = np.fromiter((stable_hash64(url_key(u)) if u else 0 for u in urls),
+                                   dtype=np.uint64, count=len(urls))
+    with run.writer(run.path(docs_path(work, name))) as handle:
+        np.save(handle, docs)
+    entries_written = 0
+    if config is not None:
+        hasher = MinHasher(config)
+        pending: list[np.ndarray] = []
+        pending_keys, part = 0, 0
+        for first in range(0, len(texts), BATCH_DOCS):
+            hashes = hasher.texts_hashes(texts[first : first + BATCH_DOCS])
+            rows = np.array([first + i for i, h in enumerate(hashes) if len(h)], dtype=np.int64)
+            if not len(rows):
+                continue
+            keys = band_key_array(hasher.hash_signatures([h for h in hashes if len(h)]), config)
+            entries = np.empty(keys.size, dtype=ENTRY)
+            entries["key"] = keys.ravel()
+            entries["node"] = np.repeat(docs["node"][rows], config.num_bands)
+            pending.append(entries)
+            pending_keys += len(entries)
+            if pending_keys >= FLUSH_KEYS:
+                batch = np.concatenate(pending)
+                scatter(run, f"{work}/{BANDS}", batch, (batch["key"] % np.uint64(num_buckets))
+                        .astype(np.int64), num_buckets, f"{name}-{part}")
+                entries_written += len(batch)
+                pending, pending_keys, part = [], 0, part + 1
+        if pending:
+            batch = np.concatenate(pending)
+            scatter(run, f"{work}/{BANDS}", batch, (batch["key"] % np.uint64(num_buckets))
+                    .astype(np.int64), num_buckets, f"{name}-{part}")
+            entries_written += len(batch)
+    return SignedShard(len(texts), int(chars.sum()), entries_written,
+                       time.process_time() - started)
+
+
+def bucket_edges(run: RunDir, work: str, bucket: int, partitions: int) -> tuple[int, float]:
+    """Documents sharing a band key in one bucket: an edge from the key's best-ranked document
+    to each other one, written as graph pairs to ``work/cc/0`` (see `refine.dedup.stars`).
+    Returns (edges, CPU seconds)."""
+    started = time.process_time()
+    entries = gather(run, f"{work}/{BANDS}", bucket, ENTRY)
+    if not len(entries):
+        return 0, time.process_time() - started
+    node = entries["node"]
+    order = np.lexsort((node["doc"], node["id_hash"], node["neg_chars"], entries["key"]))
+    key, node = entries["key"][order], node[order]
     same = key[1:] == key[:-1]
     run_start = np.flatnonzero(np.r_[True, ~same])
-    first_of_run = np.repeat(doc[run_start], np.diff(np.r_[run_start, len(doc)]))
-    member = np.r_[False, same] & (doc != first_of_run)  # doc != first: a key twice in a doc
-    edges = np.stack([first_of_run[member], doc[member]], axis=1)
-    edges = np.unique(edges, axis=0) if len(edges) else edges.reshape(0, 2)
+    first_of_run = np.repeat(run_start, np.diff(np.r_[run_start, len(key)]))
+    # node != first: a key twice in one document is no edge
+    member = np.r_[False, same] & (node["doc"] != node["doc"][first_of_run])
+    u, v = node[first_of_run[member]], node[member]
+    if len(u):  # one edge per pair of documents, however many bands they share
+        order = np.lexsort((v["doc"], u["doc"]))
+        u, v = u[order], v[order]
+        distinct = np.r_[True, (u["doc"][1:] != u["doc"][:-1])
+                         | (v["doc"][1:] != v["doc"][:-1])]
+        u, v = u[distinct], v[distinct]
+    edges = write_pairs(run, f"{work}/{CC}/0", u, v, partitions, f"{bucket:05d}")
     return edges, time.process_time() - started
 
 

@@ -4,17 +4,20 @@ Applied in the order fuzzy (8), URL (10), exact substrings (9): URL dedup keeps 
 per URL before any cut, so exact dedup only ever cuts a passage in favour of a document that
 stays kept (the other order could remove the one kept copy of a passage).
 
-Knows nothing of Ray: the caller passes `map_tasks(step, fn, argument_tuples) -> results in
-order`,
-which `refine.dag` runs as Ray tasks (tests may pass a plain loop). Only band keys, ids and
-per-document numbers travel to the driver; texts are read by the tasks from the shards.
-The stats file ``RUN/stats/dedup.json`` is written last and marks the stage as done.
+Every step is a set of tasks that exchange records through files under ``RUN/dedup/work``
+(`refine.dedup.shuffle`): per shard, per band-key bucket, per graph partition, per URL range,
+per window partition. The driver holds only counts, O(shards + partitions): no per-document
+state, no edge list. Knows nothing of Ray: the caller passes
+`map_tasks(step, fn, argument_tuples) -> results in order`, which `refine.dag` runs as Ray tasks
+(tests may pass a plain loop). The stats file ``RUN/stats/dedup.json`` is written last and
+marks the stage as done.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import posixpath
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -22,21 +25,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from refine.dedup.config import DedupConfig
-from refine.dedup.fuzzy import (
-    KEY_DTYPE,
-    ShardDocs,
-    bucket_edges,
-    bucket_sub,
-    choose_survivors,
-    preference_order,
-    sign_shard,
+from refine.dedup.edits import FUZZY, removed_rows, shard_edits
+from refine.dedup.fuzzy import ENTRY, SignedShard, bucket_edges, read_docs, sign_shard
+from refine.dedup.rewrite import RewriteResult, rewrite_shard
+from refine.dedup.stars import connect, star_decisions
+from refine.dedup.substrings import shard_windows, window_partition, window_partitions
+from refine.dedup.urls import (
+    decide_range,
+    range_bits,
+    scatter_kept_urls,
+    scatter_urls,
+    write_url_set,
 )
-from refine.dedup.rewrite import Removal, ShardEdits, rewrite_shard
-from refine.dedup.substrings import dedup_partition, partition_ranges
-from refine.dedup.urls import decide, read_url_sets, write_url_set
 from refine.rundir import (
     DATA,
     DEDUP_STATS,
@@ -51,17 +53,6 @@ from refine.rundir import (
 MapTasks = Callable[[str, Callable[..., Any], list[tuple]], list[Any]]  # (step name, fn, args)
 MIN_BUCKETS = 8
 log = logging.getLogger(__name__)
-
-
-class IdTable:
-    """Every document's id, in the shards' Arrow buffers (~length + 4 bytes each; a list of
-    Python str costs ~100 bytes per id more), looked up only for duplicate_of."""
-
-    def __init__(self, arrays: list[pa.StringArray]):
-        self.array = pa.chunked_array(arrays, type=pa.string())  # no copy
-
-    def __getitem__(self, index: int) -> str:
-        return self.array[index].as_py()
 
 
 def dedup_done(run_dir: RunDir) -> bool:
@@ -80,6 +71,51 @@ def _stage(docs_in: int) -> dict[str, Any]:
     return {"in": docs_in, "out": docs_in, "rejected": {}, "cpu_s": 0.0}
 
 
+def _fuzzy(run_dir: RunDir, config: DedupConfig, shards: list[str], signed: list[SignedShard],
+           buckets: int, map_tasks: MapTasks) -> dict[str, Any]:
+    """Stage 8 after signing: edges per bucket, components in rounds, decisions per shard."""
+    fuzzy = config.fuzzy
+    total = sum(s.documents for s in signed)
+    stage = _stage(total)
+    stage["cpu_s"] = sum(s.cpu_s for s in signed)
+    found = map_tasks("dedup: band buckets", bucket_edges,
+                      [(run_dir, DEDUP_WORK, k, buckets) for k in range(buckets)])
+    stage["cpu_s"] += sum(cpu for _, cpu in found)
+    graph, rounds, cpu_s = connect(run_dir, f"{DEDUP_WORK}/cc", buckets, map_tasks)
+    stage["cpu_s"] += cpu_s
+    decided = map_tasks("dedup: survivors", star_decisions,
+                        [(run_dir, graph, f"{DEDUP_WORK}/{FUZZY}", p, len(shards))
+                         for p in range(buckets)])
+    stage["cpu_s"] += sum(cpu for _, _, cpu in decided)
+    clusters, removed = sum(c for c, _, _ in decided), sum(r for _, r, _ in decided)
+    stage.update(clusters=clusters, candidate_pairs=sum(e for e, _ in found), buckets=buckets,
+                 rounds=rounds, preset=f"{fuzzy.num_bands}x{fuzzy.rows_per_band}")
+    log.info("fuzzy dedup: %d near-duplicates in %d clusters (%d rounds)", removed, clusters,
+             rounds)
+    return stage
+
+
+def _scatter_urls(run: RunDir, shard: int, name: str, bits: int) -> int:
+    docs = read_docs(run, DEDUP_WORK, name)
+    alive = np.ones(len(docs), dtype=bool)
+    alive[removed_rows(run, DEDUP_WORK, shard, urls=False)] = False
+    scatter_urls(run, DEDUP_WORK, docs, alive, bits, name)
+    return int(alive.sum())
+
+
+def _rewrite(source: str, run: RunDir, shard: int, shards: list[str], config: DedupConfig,
+             url_bits: int, rejected_text_chars: int, compression: str) -> RewriteResult:
+    edits = shard_edits(run, DEDUP_WORK, shard, shards, config.fuzzy.enabled,
+                        config.urls.enabled, config.exact.enabled)
+    edits.min_tokens, edits.min_chars = config.exact.min_tokens, config.exact.min_chars
+    result, kept_rows, kept_ids = rewrite_shard(source, run, edits, rejected_text_chars,
+                                                compression)
+    if config.urls.enabled:
+        url_hash = read_docs(run, DEDUP_WORK, result.shard)["url_hash"][kept_rows]
+        scatter_kept_urls(run, DEDUP_WORK, url_hash, kept_ids, url_bits, result.shard)
+    return result
+
+
 def run_dedup(run_dir: RunDir | str | Path, config: DedupConfig, rejected_text_chars: int,
               compression: str, map_tasks: MapTasks) -> dict[str, Any]:
     started = time.monotonic()
@@ -90,115 +126,70 @@ def run_dedup(run_dir: RunDir | str | Path, config: DedupConfig, rejected_text_c
     fuzzy = config.fuzzy if config.fuzzy.enabled else None
     buckets = 1
     if fuzzy is not None:
-        key_bytes = total * fuzzy.num_bands * KEY_DTYPE.itemsize
+        key_bytes = total * fuzzy.num_bands * ENTRY.itemsize
         # at least MIN_BUCKETS, so that every worker shares the grouping even on small runs
         buckets = max(MIN_BUCKETS, math.ceil(key_bytes / fuzzy.bucket_bytes))
-    bucket_dir = f"{DEDUP_WORK}/bands"
     log.info("dedup: %d documents in %d shards", total, len(shards))
-    per_shard: list[ShardDocs] = map_tasks(
+    signed: list[SignedShard] = map_tasks(
         "dedup: signatures", sign_shard,
-        [(run_dir, p, i, bucket_dir, buckets, fuzzy) for i, p in enumerate(shards)])
-    offsets = np.cumsum([0] + [len(d) for d in per_shard]).astype(np.int64)
-    ids = IdTable([d.ids for d in per_shard])
-    chars = np.concatenate([d.chars for d in per_shard]) if per_shard else np.empty(0, np.int64)
-    id_hash = np.concatenate([d.id_hash for d in per_shard]) if per_shard else np.empty(0, "u8")
-    url_hash = np.concatenate([d.url_hash for d in per_shard]) if per_shard else np.empty(0, "u8")
-    rank = preference_order(chars, id_hash)
-    removals: dict[int, Removal] = {}
+        [(run_dir, p, i, DEDUP_WORK, buckets, fuzzy) for i, p in enumerate(shards)])
     stages: dict[str, dict[str, Any]] = {}
-    cluster_size: dict[int, int] = {}  # survivors of clusters of two or more: the size
-
     if fuzzy is not None:
-        stage = stages["fuzzy_dedup"] = _stage(total)
-        stage["cpu_s"] = sum(d.cpu_s for d in per_shard)
-        results = map_tasks("dedup: band buckets", bucket_edges,
-                            [(run_dir, bucket_sub(bucket_dir, k)) for k in range(buckets)])
-        edges = np.concatenate([e for e, _ in results]) if results else np.empty((0, 2), "u8")
-        stage["cpu_s"] += sum(cpu for _, cpu in results)
-        survivors = choose_survivors(edges, offsets, rank)
-        for doc in survivors.removed.tolist():
-            removals[doc] = Removal("fuzzy_dedup", "near_duplicate",
-                                    ids[int(survivors.survivor[doc])])
-        kept_in_cluster = np.flatnonzero((survivors.cluster_size > 1)
-                                         & (survivors.survivor == np.arange(total)))
-        cluster_size = dict(zip(kept_in_cluster.tolist(),
-                                survivors.cluster_size[kept_in_cluster].tolist(), strict=True))
-        stage.update(clusters=survivors.clusters, candidate_pairs=len(edges), buckets=buckets,
-                     preset=f"{fuzzy.num_bands}x{fuzzy.rows_per_band}")
-        log.info("fuzzy dedup: %d near-duplicates in %d clusters", len(removals),
-                 survivors.clusters)
+        stages["fuzzy_dedup"] = _fuzzy(run_dir, config, shards, signed, buckets, map_tasks)
 
     # URL dedup (stage 10) is decided before exact substrings (stage 9), on the texts before any
     # cut: a passage is then only ever cut in favour of a document that stays kept.
-    alive = np.ones(total, dtype=bool)
-    alive[list(removals)] = False
+    names = [posixpath.basename(p) for p in shards]
+    url_bits = range_bits(total, config.urls.task_bytes)
     if config.urls.enabled:
-        started_urls = time.process_time()
-        stage = stages["url_dedup"] = _stage(int(alive.sum()))
-        decision = decide(url_hash, alive, rank, read_url_sets(config.urls.previous_runs))
-        for doc in np.flatnonzero(decision.duplicate_of >= 0).tolist():
-            removals[doc] = Removal("url_dedup", "duplicate_url",
-                                    ids[int(decision.duplicate_of[doc])])
-        for doc, earlier_id in decision.earlier_run_id.items():
-            removals[doc] = Removal("url_dedup", "url_in_earlier_run", earlier_id)
-        alive[list(removals)] = False
-        stage["cpu_s"] = time.process_time() - started_urls
+        started_urls = time.monotonic()
+        alive = map_tasks("dedup: URLs", _scatter_urls,
+                          [(run_dir, i, name, url_bits) for i, name in enumerate(names)])
+        stage = stages["url_dedup"] = _stage(sum(alive))
+        decided = map_tasks("dedup: URL ranges", decide_range, [
+            (run_dir, DEDUP_WORK, part, url_bits, len(shards), config.urls.previous_runs)
+            for part in range(1 << url_bits)])
+        stage.update(ranges=1 << url_bits)
+        stage["cpu_s"] = time.monotonic() - started_urls  # wall: the steps are I/O
+        log.info("URL dedup: %d duplicates, %d kept by earlier runs",
+                 sum(d for d, _ in decided), sum(e for _, e in decided))
 
-    spans_by_doc: dict[int, list] = {}
-    final_chars = chars.copy()
     if config.exact.enabled:
-        stage = stages["exact_dedup"] = _stage(int(alive.sum()))
-        ranges = partition_ranges(chars, alive, config.exact.partition_bytes)
-        tasks = []
-        for lo, hi in ranges:
-            overlapping = [(shards[i], int(offsets[i])) for i in range(len(shards))
-                           if offsets[i] < hi and offsets[i + 1] > lo]
-            tasks.append((run_dir, overlapping, lo, hi, alive[lo:hi], rank[lo:hi],
-                          config.exact))
-        spans_cut = 0
-        for part in map_tasks("dedup: exact substrings", dedup_partition, tasks):
-            stage["cpu_s"] += part.cpu_s
-            for doc, source in part.dropped.items():
-                removals[doc] = Removal("exact_dedup", "too_short_after_cut", ids[source])
-            for doc, span in zip(part.doc.tolist(), part.spans, strict=True):
-                spans_by_doc.setdefault(doc, []).append((span, ids[span.source]))
-                spans_cut += 1
-            for doc, length in part.chars_after.items():
-                final_chars[doc] = length
-        stage.update(partitions=len(ranges), spans_cut=spans_cut,
-                     documents_cut=len(spans_by_doc),
-                     chars_cut=int((chars - final_chars)[list(spans_by_doc)].sum()))
-        log.info("exact substring dedup: %d spans cut from %d documents, %d dropped", spans_cut,
-                 len(spans_by_doc), sum(r.stage == "exact_dedup" for r in removals.values()))
-        for doc in [d for d in spans_by_doc if d in removals]:
-            del spans_by_doc[doc]  # dropped as too short after its cuts: the row keeps its text
+        partitions = window_partitions(sum(s.chars for s in signed), config.exact.task_bytes)
+        hashed = map_tasks("dedup: token windows", shard_windows, [
+            (run_dir, DEDUP_WORK, path, i, config.exact.min_tokens, config.urls.enabled,
+             partitions) for i, path in enumerate(shards)])
+        stage = stages["exact_dedup"] = _stage(sum(h[0] for h in hashed))
+        found = map_tasks("dedup: repeated windows", window_partition,
+                          [(run_dir, DEDUP_WORK, p, len(shards)) for p in range(partitions)])
+        stage["cpu_s"] = sum(h[2] for h in hashed) + sum(cpu for _, cpu in found)
+        stage.update(partitions=partitions, windows=sum(h[1] for h in hashed),
+                     repeated_windows=sum(m for m, _ in found))
 
+    rewritten: list[RewriteResult] = map_tasks("dedup: rewrite shards", _rewrite, [
+        (path, run_dir, i, shards, config, url_bits, rejected_text_chars, compression)
+        for i, path in enumerate(shards)])
+    if config.exact.enabled:
+        stage = stages["exact_dedup"]
+        stage.update(spans_cut=sum(r.spans for r in rewritten),
+                     documents_cut=sum(r.documents_cut for r in rewritten),
+                     chars_cut=sum(r.chars_cut for r in rewritten))
+        log.info("exact substring dedup: %d spans cut from %d documents", stage["spans_cut"],
+                 stage["documents_cut"])
     if config.urls.enabled:
-        alive[list(removals)] = False
-        write_url_set(run_dir, url_hash, ids.array, alive)
-
-    edits = [ShardEdits(fuzzy=fuzzy is not None) for _ in shards]
-    shard_of = np.searchsorted(offsets, np.arange(total), side="right") - 1
-    for doc, removal in removals.items():
-        edits[shard_of[doc]].removals[doc - int(offsets[shard_of[doc]])] = removal
-    for doc, spans in spans_by_doc.items():
-        edits[shard_of[doc]].spans[doc - int(offsets[shard_of[doc]])] = spans
-    for doc, size in cluster_size.items():
-        edits[shard_of[doc]].cluster_size[doc - int(offsets[shard_of[doc]])] = size
-    rewritten = map_tasks("dedup: rewrite shards", rewrite_shard, [
-        (path, run_dir, edit, rejected_text_chars, compression)
-        for path, edit in zip(shards, edits, strict=True)])
+        map_tasks("dedup: URL set", write_url_set, [(run_dir, DEDUP_WORK, url_bits)])
 
     by_input: dict[str, Counter[str]] = {}
+    by_stage: dict[str, Counter[str]] = {}
     for result in rewritten:
         for key, count in result.rejected.items():
             path, reason = key.split("\t")
             by_input.setdefault(path, Counter())[reason] += count
-    for removal in removals.values():
-        stage = stages[removal.stage]
-        stage["rejected"][removal.reason] = stage["rejected"].get(removal.reason, 0) + 1
-        stage["out"] -= 1
-    for stage in stages.values():
+            stage_name, why = reason.split(".", 1)
+            by_stage.setdefault(stage_name, Counter())[why] += count
+    for name, stage in stages.items():
+        stage["rejected"] = dict(sorted(by_stage.get(name, Counter()).items()))
+        stage["out"] = stage["in"] - sum(stage["rejected"].values())
         stage["cpu_s"] = round(stage["cpu_s"], 3)
     summary = {
         "documents_in": total,

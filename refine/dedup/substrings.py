@@ -1,80 +1,74 @@
-"""Stage 9 over one partition: exact substring dedup of a contiguous range of documents.
+"""Stage 9's tasks: window hashes per shard, then repeats found per hash partition.
 
-The partition's surviving documents are laid out best-ranked first (the ranking that picks
-fuzzy-dedup survivors: longest, then id hash), so the copy of a shared span that stays is in
-the document that would have survived anyway; every later copy of a span of `min_tokens`
-tokens or more is cut (`refine.dedup.exact`).
+`shard_windows` (one task per shard) hashes every `min_tokens` window of the shard's surviving
+documents and sends each to the partition of its hash; `window_partition` (one task per
+partition) marks every occurrence of a window but the first in stream order and sends the marks
+to the document's shard, where the rewrite turns them into cuts (`refine.dedup.windows`).
+A partition holds about `task_bytes` of windows, so a task's memory is bounded by the config.
 """
 
 from __future__ import annotations
 
+import posixpath
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
-from refine.dedup.config import ExactDedupConfig
-from refine.dedup.exact import DuplicateSpan, cut_spans, find_duplicate_spans
+from refine.dedup.edits import MARKS, WINDOWS, removed_rows
+from refine.dedup.fuzzy import read_docs
+from refine.dedup.shuffle import gather, hash_partition, scatter, shard_of
+from refine.dedup.windows import WINDOW, document_windows, repeat_marks
 from refine.rundir import RunDir
 
-
-@dataclass
-class PartitionSpans:
-    doc: np.ndarray  # int64 global index of the document cut
-    spans: list[DuplicateSpan]  # span.source: global index of the document keeping the span
-    dropped: dict[int, int]  # global index -> global index it duplicates: left too short
-    chars_after: dict[int, int]  # global index -> text length after the cuts
-    documents: int
-    cpu_s: float
+CHARS_PER_TOKEN = 4  # to size partitions before tokenising: English web text has ~5.5
+SORT_COPIES = 3  # a partition task holds its windows, their sort order and the sorted copy
+FLUSH_WINDOWS = 1 << 21  # a shard's windows are sent on every ~2M (~100 MB)
 
 
-def partition_ranges(chars: np.ndarray, alive: np.ndarray, limit: int) -> list[tuple[int, int]]:
-    """Contiguous [lo, hi) ranges of global indices holding at most `limit` characters of
-    surviving text each (a single larger document gets a range of its own)."""
-    ranges: list[tuple[int, int]] = []
-    lo, size = 0, 0
-    for index, length in enumerate(np.where(alive, chars, 0).tolist()):
-        if size and size + length > limit:
-            ranges.append((lo, index))
-            lo, size = index, 0
-        size += length
-    if lo < len(chars):
-        ranges.append((lo, len(chars)))
-    return ranges
+def window_partitions(chars: int, task_bytes: int) -> int:
+    """Partitions for `chars` of text, each task within `task_bytes` (at least 8 partitions,
+    so that every worker shares the work)."""
+    held = chars // CHARS_PER_TOKEN * WINDOW.itemsize * SORT_COPIES
+    return max(8, -(-held // task_bytes))
 
 
-def dedup_partition(run: RunDir, shards: list[tuple[str, int]], lo: int, hi: int,
-                    alive: np.ndarray, rank: np.ndarray,
-                    config: ExactDedupConfig) -> PartitionSpans:
-    """`shards`: (path, global index of its first row) of every shard overlapping [lo, hi);
-    `alive` and `rank` are the slices [lo, hi) of the run-wide arrays."""
+def shard_windows(run: RunDir, work: str, path: str, shard: int, min_tokens: int,
+                  urls: bool, partitions: int) -> tuple[int, int, float]:
+    """Returns (documents hashed, windows sent, CPU seconds)."""
     started = time.process_time()
-    texts: dict[int, str] = {}
-    for path, first in shards:
-        column = run.read_table(path, columns=["text"]).column("text")
-        start, stop = max(lo, first), min(hi, first + len(column))
-        for offset, text in enumerate(column.slice(start - first, stop - start).to_pylist()):
-            if alive[start + offset - lo]:
-                texts[start + offset] = text
-    order = sorted(texts, key=lambda g: rank[g - lo])
-    found = find_duplicate_spans([texts[g] for g in order], config.min_tokens)
-    docs: list[int] = []
-    spans: list[DuplicateSpan] = []
-    dropped: dict[int, int] = {}
-    chars_after: dict[int, int] = {}
-    for position, doc_spans in enumerate(found):
-        if not doc_spans:
-            continue
-        doc = order[position]
-        global_spans = [DuplicateSpan(s.start, s.end, order[s.source], s.tokens)
-                        for s in doc_spans]
-        remaining = cut_spans(texts[doc], doc_spans)
-        if len(remaining.strip()) < config.min_chars:
-            largest = max(global_spans, key=lambda s: s.end - s.start)
-            dropped[doc] = largest.source
-            continue
-        chars_after[doc] = len(remaining)
-        docs += [doc] * len(global_spans)
-        spans += global_spans
-    return PartitionSpans(np.array(docs, dtype=np.int64), spans, dropped, chars_after,
-                          len(order), time.process_time() - started)
+    name = posixpath.basename(path)
+    nodes = read_docs(run, work, name)["node"]
+    alive = np.ones(len(nodes), dtype=bool)
+    alive[removed_rows(run, work, shard, urls)] = False
+    texts = run.read_table(path, columns=["text"]).column("text")
+    pending: list[np.ndarray] = []
+    pending_windows = sent = part = 0
+    for row in np.flatnonzero(alive).tolist():
+        windows = document_windows(texts[row].as_py(), nodes[row], min_tokens)
+        if len(windows):
+            pending.append(windows)
+            pending_windows += len(windows)
+        if pending_windows >= FLUSH_WINDOWS:
+            sent += _send(run, work, pending, partitions, f"{name}-{part}")
+            pending, pending_windows, part = [], 0, part + 1
+    if pending:
+        sent += _send(run, work, pending, partitions, f"{name}-{part}")
+    return int(alive.sum()), sent, time.process_time() - started
+
+
+def _send(run: RunDir, work: str, pending: list[np.ndarray], partitions: int,
+          producer: str) -> int:
+    windows = np.concatenate(pending)
+    scatter(run, f"{work}/{WINDOWS}", windows, hash_partition(windows["h1"], partitions),
+            partitions, producer)
+    return len(windows)
+
+
+def window_partition(run: RunDir, work: str, partition: int, shards: int
+                     ) -> tuple[int, float]:
+    """Returns (marks sent, CPU seconds)."""
+    started = time.process_time()
+    marks = repeat_marks(gather(run, f"{work}/{WINDOWS}", partition, WINDOW))
+    scatter(run, f"{work}/{MARKS}", marks, shard_of(marks["doc"]), shards, f"{partition:05d}")
+    return len(marks), time.process_time() - started
+
