@@ -9,8 +9,11 @@ The UT1 domain list has ~4.6 million entries. Held as a Python ``frozenset[str]`
   ~3 % of bits set), which rejects ~97 % of non-listed names for the price of a ``crc32`` and
   a byte read, so the (slower) blake2b hash and binary search only run for likely hits.
 
-Both arrays are built from the source list on first use, cached as ``.npy`` files in a cache
-directory (``$REFINE_CACHE_DIR``, default ``~/.cache/refine``) and then opened with
+Both arrays are built from the source list on first use by `refine.blocklist_build` (a
+JIT-compiled hashing kernel; for the packaged list, a packed, pre-normalised copy of it), bit
+for bit as the reference implementation here (`_hash_domains`: `normalize_domain`, hashlib
+and zlib per line) would build them. They are cached as ``.npy`` files in a cache directory
+(``$REFINE_CACHE_DIR``, default ``~/.cache/refine``) and then opened with
 ``np.load(mmap_mode="r")``: the pages live in the OS page cache and are shared by every worker
 process on the machine instead of being copied into each. The cache key is the source file's
 sha256 plus a format version, so a changed list rebuilds. Cache files are written atomically
@@ -18,12 +21,14 @@ sha256 plus a format version, so a changed list rebuilds. Cache files are writte
 
 A false positive needs a 64-bit hash collision with one of ~4.6M entries: p ≈ 2.5e-13 per name.
 
-Measured on a 2-core VM (Python 3.11) for the packaged list: building the cache ~13 s (up to
-~26 s with the other core busy; about 2 s xz decoding, the rest normalising and hashing);
-loading it from the cache ~10 ms and ~0.1 MB RSS; the mapped pages (52 MB, page cache,
-shared) enter RSS as file-backed pages as lookups touch them. `contains_host` on an unlisted
-host ~1 µs. The URL list (19.6k entries, a frozenset) loads in ~50 ms, ~3.6 MB per process.
-Pre-build with ``refine blocklist build-cache`` to keep the build out of workers.
+Measured on an idle 2-core VM (AMD EPYC, Python 3.11; ``bench/blocklist_build.py``) for the
+packaged list: building the cache in a new process, imports and JIT compilation included,
+~1.5 s (2.1 s of CPU: the kernel runs on both cores; the reference implementation: ~30 s); a
+list of the same size from ``refine blocklist update``, ~3.3 s (4.1 s of CPU, ~1.8 s of it xz
+decoding). Loading it from the cache: ~10 ms and ~0.1 MB RSS; the mapped pages (52 MB, page
+cache, shared) enter RSS as file-backed pages as lookups touch them. `contains_host` on an
+unlisted host ~1 µs. The URL list (19.6k entries, a frozenset) loads in ~50 ms, ~3.6 MB per
+process. Pre-build with ``refine blocklist build-cache`` to keep the build out of workers.
 
 Matching follows squidGuard's semantics for UT1 lists:
 
@@ -156,15 +161,23 @@ def _hash_domains(domains: Iterable[str], chunk: int = 1 << 18) -> tuple[np.ndar
     return hashes, _build_bitmap(np.concatenate(crc_parts), hashes.size)
 
 
-def _hash_domain_file(src: Path) -> tuple[np.ndarray, np.ndarray]:
-    with _open_text(src) as f:
-        return _hash_domains(d for d in map(normalize_domain, f) if d)
+def _hash_domain_file(src: Path, sha256: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`_hash_domains` of the list file `src`'s lines, computed by the fast builder (JIT
+    kernel; for the packaged list, its pre-normalised packed copy)."""
+    from refine.blocklist_build import build_domain_arrays  # llvmlite: only when building
+
+    return build_domain_arrays(src, sha256)
 
 
-def _build_bitmap(crcs: np.ndarray, n_entries: int) -> np.ndarray:
+def _bitmap_bits(n_entries: int) -> int:
     bits = _MIN_BITMAP_BITS
     while bits < n_entries * _BITMAP_BITS_PER_ENTRY and bits < (1 << 32):
         bits <<= 1
+    return bits
+
+
+def _build_bitmap(crcs: np.ndarray, n_entries: int) -> np.ndarray:
+    bits = _bitmap_bits(n_entries)
     idx = crcs & np.uint32(bits - 1)
     bitmap = np.zeros(bits // 8, dtype=np.uint8)
     for bit in range(8):  # duplicate indices are harmless: |= of the same bit
@@ -286,7 +299,8 @@ class DomainBlocklist:
 
     @classmethod
     def _load_uncached(cls, src: Path, cache_dir: Path) -> DomainBlocklist:
-        base = f"{src.name.split('.', 1)[0]}-{_file_sha256(src)[:24]}-v{CACHE_FORMAT_VERSION}"
+        sha256 = _file_sha256(src)
+        base = f"{src.name.split('.', 1)[0]}-{sha256[:24]}-v{CACHE_FORMAT_VERSION}"
         files = (cache_dir / f"{base}.hashes.npy", cache_dir / f"{base}.bitmap.npy")
         inst = cls._open_cache(src, files)
         if inst is not None:
@@ -298,7 +312,7 @@ class DomainBlocklist:
                 cache_dir,
                 src,
             )
-            inst = cls(*_hash_domain_file(src), src, None, built=True)
+            inst = cls(*_hash_domain_file(src, sha256), src, None, built=True)
             _release_free_heap()
             return inst
         with _build_lock(cache_dir / f"{base}.lock"):
@@ -306,7 +320,7 @@ class DomainBlocklist:
             if inst is not None:
                 return inst
             t0 = time.perf_counter()
-            arrays = _hash_domain_file(src)
+            arrays = _hash_domain_file(src, sha256)
             for arr, dest in zip(arrays, files, strict=True):
                 with atomic_write(dest) as f:
                     np.save(f, arr, allow_pickle=False)
