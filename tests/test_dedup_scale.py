@@ -62,7 +62,7 @@ def test_star_rounds_give_the_components_and_the_best_ranked_survivor(seed, tmp_
     write_pairs(run_dir, "cc/0", nodes[a], nodes[b], 5, "edges")
     graph, rounds, _ = connect(run_dir, "cc", 5, plain_map)
     for p in range(5):
-        star_decisions(run_dir, graph, "fuzzy", p, 3)
+        star_decisions(run_dir, "work", graph, "fuzzy", p, 3)
     decisions = np.concatenate([gather(run_dir, "fuzzy", s, DECISION) for s in range(3)])
 
     labels = python_components(n, edges)

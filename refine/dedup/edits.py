@@ -1,15 +1,14 @@
 """What stages 8-10 decided for one shard, read back from the files their tasks wrote.
 
 Each decision names the other document by its node id (``shard << 32 | row``); the ids shown in
-``duplicate_of`` are read from the `id` column of those documents' shards, one shard at a time.
+``duplicate_of`` come from that document's shard (`refine.dedup.names`).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import numpy as np
 
+from refine.dedup.names import read_names
 from refine.dedup.rewrite import Removal, ShardEdits
 from refine.dedup.shuffle import gather, gather_table, row_of, shard_of
 from refine.dedup.stars import DECISION
@@ -35,28 +34,14 @@ def removed_rows(run: RunDir, work: str, shard: int, urls: bool) -> np.ndarray:
     return row_of(np.concatenate(removed))
 
 
-def resolve_ids(run: RunDir, shard_paths: list[str], docs: np.ndarray) -> dict[int, str]:
-    """The `id` of each document node in `docs`."""
-    wanted: dict[int, list[int]] = defaultdict(list)
-    for doc in np.unique(docs).tolist():
-        wanted[doc >> 32].append(doc)
-    ids: dict[int, str] = {}
-    for shard, members in sorted(wanted.items()):
-        column = run.read_table(shard_paths[shard], columns=["id"]).column("id")
-        rows = row_of(np.array(members, dtype=np.uint64))
-        ids.update(zip(members, column.take(rows).to_pylist(), strict=True))
-    return ids
-
-
-def shard_edits(run: RunDir, work: str, shard: int, shard_paths: list[str], fuzzy: bool,
-                urls: bool, exact: bool) -> ShardEdits:
+def shard_edits(run: RunDir, work: str, shard: int, fuzzy: bool, urls: bool, exact: bool
+                ) -> ShardEdits:
     edits = ShardEdits(fuzzy=fuzzy)
     decisions = fuzzy_decisions(run, work, shard)
     duplicates = gather(run, f"{work}/{DUPLICATES}", shard, DUPLICATE)
     earlier = gather_table(run, f"{work}/{EARLIER}", shard, EARLIER_SCHEMA)
     marks = gather(run, f"{work}/{MARKS}", shard, MARK) if exact else np.empty(0, MARK)
-    ids = resolve_ids(run, shard_paths, np.concatenate(
-        [decisions["survivor"], duplicates["keeper"], marks["source"]]))
+    ids = read_names(run, work, shard)
     for doc, survivor, size in decisions.tolist():
         if doc == survivor:
             edits.cluster_size[doc & 0xFFFFFFFF] = size

@@ -29,6 +29,7 @@ import numpy as np
 from refine.dedup.config import DedupConfig
 from refine.dedup.edits import FUZZY, removed_rows, shard_edits
 from refine.dedup.fuzzy import ENTRY, SignedShard, bucket_edges, read_docs, sign_shard
+from refine.dedup.names import answer_names
 from refine.dedup.rewrite import RewriteResult, rewrite_shard
 from refine.dedup.stars import connect, star_decisions
 from refine.dedup.substrings import shard_windows, window_partition, window_partitions
@@ -84,7 +85,7 @@ def _fuzzy(run_dir: RunDir, config: DedupConfig, shards: list[str], signed: list
     graph, rounds, cpu_s = connect(run_dir, f"{DEDUP_WORK}/cc", buckets, map_tasks)
     stage["cpu_s"] += cpu_s
     decided = map_tasks("dedup: survivors", star_decisions,
-                        [(run_dir, graph, f"{DEDUP_WORK}/{FUZZY}", p, len(shards))
+                        [(run_dir, DEDUP_WORK, graph, f"{DEDUP_WORK}/{FUZZY}", p, len(shards))
                          for p in range(buckets)])
     stage["cpu_s"] += sum(cpu for _, _, cpu in decided)
     clusters, removed = sum(c for c, _, _ in decided), sum(r for _, r, _ in decided)
@@ -103,10 +104,10 @@ def _scatter_urls(run: RunDir, shard: int, name: str, bits: int) -> int:
     return int(alive.sum())
 
 
-def _rewrite(source: str, run: RunDir, shard: int, shards: list[str], config: DedupConfig,
+def _rewrite(source: str, run: RunDir, shard: int, config: DedupConfig,
              url_bits: int, rejected_text_chars: int, compression: str) -> RewriteResult:
-    edits = shard_edits(run, DEDUP_WORK, shard, shards, config.fuzzy.enabled,
-                        config.urls.enabled, config.exact.enabled)
+    edits = shard_edits(run, DEDUP_WORK, shard, config.fuzzy.enabled, config.urls.enabled,
+                        config.exact.enabled)
     edits.min_tokens, edits.min_chars = config.exact.min_tokens, config.exact.min_chars
     result, kept_rows, kept_ids = rewrite_shard(source, run, edits, rejected_text_chars,
                                                 compression)
@@ -166,8 +167,10 @@ def run_dedup(run_dir: RunDir | str | Path, config: DedupConfig, rejected_text_c
         stage.update(partitions=partitions, windows=sum(h[1] for h in hashed),
                      repeated_windows=sum(m for m, _ in found))
 
+    map_tasks("dedup: ids of survivors and sources", answer_names,
+              [(run_dir, DEDUP_WORK, i, path, len(shards)) for i, path in enumerate(shards)])
     rewritten: list[RewriteResult] = map_tasks("dedup: rewrite shards", _rewrite, [
-        (path, run_dir, i, shards, config, url_bits, rejected_text_chars, compression)
+        (path, run_dir, i, config, url_bits, rejected_text_chars, compression)
         for i, path in enumerate(shards)])
     if config.exact.enabled:
         stage = stages["exact_dedup"]

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from refine.dedup.names import request_names
 from refine.dedup.shuffle import (
     NODE,
     gather,
@@ -99,8 +100,8 @@ def star_round(run: RunDir, source: str, target: str, partition: int, partitions
     return hood.violations(), written, time.process_time() - started
 
 
-def star_decisions(run: RunDir, source: str, target: str, partition: int, shards: int
-                   ) -> tuple[int, int, float]:
+def star_decisions(run: RunDir, work: str, source: str, target: str, partition: int,
+                   shards: int) -> tuple[int, int, float]:
     """From the final stars of one partition: per member of each star centred here, the
     survivor and the cluster size, sent to the member's shard. Returns (clusters, members
     removed, CPU seconds)."""
@@ -120,6 +121,9 @@ def star_decisions(run: RunDir, source: str, target: str, partition: int, shards
     centre_size = hood.degree[hood.group[np.searchsorted(hood.u, centres)]] + 1
     decisions["size"] = np.concatenate([size, centre_size])
     scatter(run, target, decisions, shard_of(decisions["doc"]), shards, f"{partition:05d}")
+    leaf_docs = hood.nodes["doc"][leaves]
+    request_names(run, work, decisions["survivor"][: len(leaves)], leaf_docs, shards,
+                  f"fuzzy-{partition:05d}")
     return len(centres), len(leaves), time.process_time() - started
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from refine.dedup.edits import MARKS, WINDOWS, removed_rows
 from refine.dedup.fuzzy import read_docs
+from refine.dedup.names import request_names
 from refine.dedup.shuffle import gather, hash_partition, scatter, shard_of
 from refine.dedup.windows import WINDOW, document_windows, repeat_marks
 from refine.rundir import RunDir
@@ -70,5 +71,6 @@ def window_partition(run: RunDir, work: str, partition: int, shards: int
     started = time.process_time()
     marks = repeat_marks(gather(run, f"{work}/{WINDOWS}", partition, WINDOW))
     scatter(run, f"{work}/{MARKS}", marks, shard_of(marks["doc"]), shards, f"{partition:05d}")
+    request_names(run, work, marks["source"], marks["doc"], shards, f"marks-{partition:05d}")
     return len(marks), time.process_time() - started
 

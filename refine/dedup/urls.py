@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from refine import arrowfile
 from refine.dedup.config import url_set_path
+from refine.dedup.names import request_names
 from refine.dedup.shuffle import (
     NODE,
     gather,
@@ -124,6 +125,7 @@ def decide_range(run: RunDir, work: str, part: int, bits: int, shards: int,
     found["doc"], found["keeper"] = docs[duplicates], docs[decision.duplicate_of[duplicates]]
     producer = f"{part:05d}"
     scatter(run, f"{work}/{DUPLICATES}", found, shard_of(found["doc"]), shards, producer)
+    request_names(run, work, found["keeper"], found["doc"], shards, f"urls-{producer}")
     earlier_rows = np.array(sorted(decision.earlier_run_id), dtype=np.int64)
     earlier = pa.table({"doc": pa.array(docs[earlier_rows], pa.uint64()),
                         "id": [decision.earlier_run_id[i] for i in earlier_rows.tolist()]},
