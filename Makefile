@@ -51,6 +51,9 @@ demo: setup
 		--data tests/data/finetune/msr_paraphrase_train.txt \
 		--eval_data tests/data/finetune/msr_paraphrase_test.txt --output $(DEMO)-mrpc --overwrite \
 		--steps 60 --lr 5e-4 --micro_batch_size 16 --seq_len 128
+	$(PY) -m pretrain.evaluate $(DEMO)-hf --data $(DEMO)/data --max-docs 20 \
+		--out $(DEMO)-hf/eval.json
+	$(PY) -m pretrain.generate $(DEMO)-hf --prompt "The city council" --max-new-tokens 24 --seed 0
 
 # headless Chromium for tests/test_report.py (Debian packages; needs root or sudo)
 browser:

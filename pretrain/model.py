@@ -13,6 +13,11 @@ and shifted inside, position t's logits predicting labels[:, t + 1]; -100 is ign
 `pretrain.dataset.TokenDataset` window of seq_len + 1 tokens, call `model(window, labels=window)`
 (every token but the first is a target), or `model(window[:, :-1])` and
 `next_token_loss(logits, window[:, 1:])` whose targets are already shifted.
+
+Generation reuses the keys and values of the positions already read (`KVCache`): pass the same
+cache to every call, first the prompt, then one new token at a time; each call's positions
+follow the cached ones. Without a cache (training, evaluation) nothing of this runs, and with
+one the first call (the prompt) attends exactly as a call without a cache does.
 """
 
 from __future__ import annotations
@@ -111,6 +116,54 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + rotate_half(x) * sin
 
 
+class LayerCache:
+    """One layer's slice of a `KVCache`: the keys and values of positions 0..start-1."""
+
+    def __init__(self, keys: Tensor, values: Tensor, start: int):
+        self.keys, self.values, self.start = keys, values, start
+
+    def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store the new positions' keys and values (batch, kv_heads, seq, head_dim); returns
+        those of every position so far (the new ones themselves when nothing was cached)."""
+        end = self.start + k.shape[2]
+        self.keys[:, :, self.start:end] = k
+        self.values[:, :, self.start:end] = v
+        if self.start == 0:
+            return k, v
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+    def mask(self, seq: int, device: torch.device) -> Tensor | None:
+        """Which cached keys each of `seq` new queries may attend to (None: all of them)."""
+        if seq == 1:
+            return None
+        keys = torch.arange(self.start + seq, device=device)
+        queries = torch.arange(self.start, self.start + seq, device=device)
+        return keys[None, :] <= queries[:, None]
+
+
+class KVCache:
+    """Keys and values of every position read so far, per layer, in preallocated buffers of
+    (batch, kv_heads, capacity, head_dim); `length` positions are filled."""
+
+    def __init__(self, config: ModelConfig, batch: int, capacity: int,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+        if not 0 < capacity <= config.max_position_embeddings:
+            raise ValueError(f"cache capacity {capacity} must be in [1, max_position_embeddings "
+                             f"{config.max_position_embeddings}]")
+        shape = (batch, config.kv_heads, capacity, config.head_dim)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype)
+                     for _ in range(config.num_hidden_layers)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype)
+                       for _ in range(config.num_hidden_layers)]
+        self.capacity, self.length = capacity, 0
+
+    def layer(self, index: int) -> LayerCache:
+        return LayerCache(self.keys[index], self.values[index], self.length)
+
+    def advance(self, seq: int) -> None:
+        self.length += seq
+
+
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -122,16 +175,22 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(hidden, self.kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.heads * self.head_dim, hidden, bias=False)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor,
+                cache: LayerCache | None = None) -> Tensor:
         batch, seq, _ = x.shape
         q = self.q_proj(x).view(batch, seq, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(batch, seq, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(batch, seq, self.kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(k, v)
         if self.kv_heads != self.heads:  # GQA: query head h reads kv head h // group
             group = self.heads // self.kv_heads
             k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if cache is None or cache.start == 0:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # new queries after cached keys: is_causal would align them to key 0
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=cache.mask(seq, x.device))
         return self.o_proj(y.transpose(1, 2).reshape(batch, seq, self.heads * self.head_dim))
 
 
@@ -154,8 +213,9 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor,
+                cache: LayerCache | None = None) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -169,15 +229,25 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, input_ids: Tensor) -> Tensor:
+    def forward(self, input_ids: Tensor, cache: KVCache | None = None) -> Tensor:
+        """Hidden states of `input_ids`; with a cache, they are positions cache.length... and
+        are added to it."""
         seq = input_ids.shape[1]
-        if seq > self.config.max_position_embeddings:
-            raise ValueError(f"sequence of {seq} tokens > max_position_embeddings "
+        start = 0 if cache is None else cache.length
+        if start + seq > self.config.max_position_embeddings:
+            raise ValueError(f"sequence of {start + seq} tokens > max_position_embeddings "
                              f"{self.config.max_position_embeddings}")
+        if cache is not None and start + seq > cache.capacity:
+            raise ValueError(f"sequence of {start + seq} tokens > the cache's capacity "
+                             f"{cache.capacity}")
         x = self.embed_tokens(input_ids)
-        cos, sin = rope_cos_sin(self.config, seq, x.device, x.dtype)
-        for layer in self.layers:
-            x = layer(x, cos, sin)
+        cos, sin = rope_cos_sin(self.config, start + seq, x.device, x.dtype)
+        if start:
+            cos, sin = cos[start:], sin[start:]
+        for index, layer in enumerate(self.layers):
+            x = layer(x, cos, sin) if cache is None else layer(x, cos, sin, cache.layer(index))
+        if cache is not None:
+            cache.advance(seq)
         return self.norm(x)
 
 
@@ -226,9 +296,11 @@ class CausalLM(nn.Module):
             elif isinstance(module, RMSNorm):
                 nn.init.ones_(module.weight)
 
-    def forward(self, input_ids: Tensor, labels: Tensor | None = None) -> CausalLMOutput:
-        """input_ids, labels: (batch, seq) int64; labels aligned with input_ids (not shifted)."""
-        logits = self.lm_head(self.model(input_ids))
+    def forward(self, input_ids: Tensor, labels: Tensor | None = None,
+                cache: KVCache | None = None) -> CausalLMOutput:
+        """input_ids, labels: (batch, seq) int64; labels aligned with input_ids (not shifted).
+        cache: the keys and values of earlier positions (generation; see `KVCache`)."""
+        logits = self.lm_head(self.model(input_ids, cache))
         loss = None
         if labels is not None:
             loss = self.loss_fn(logits[:, :-1], labels[:, 1:])

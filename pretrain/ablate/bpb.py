@@ -1,4 +1,5 @@
-"""Held-out evaluation in bits per byte (tokenizer-independent).
+"""Held-out evaluation in bits per byte (tokenizer-independent): the one scoring of text that
+`refine ablate` and `python -m pretrain.evaluate` share.
 
     bpb = sum over the evaluated documents of -log2 p(token | context)
           / sum of the documents' UTF-8 bytes
@@ -12,14 +13,18 @@ is not scored (it encodes no byte of the text).
 A document longer than the model's window is read in windows of `seq_len` inputs that advance
 by `stride` tokens: window k ends at min(seq_len + k * stride, n) and scores only the targets
 after the previous window's end, so each of those has at least seq_len - stride tokens of
-context (the usual strided perplexity evaluation). stride == seq_len means no overlap.
+context (the usual strided perplexity evaluation). stride == seq_len means no overlap: the
+windows of lm-evaluation-harness's rolling log-likelihood (`loglikelihood_rolling`, with EOS
+as its prefix token), so the two agree token for token.
+
+Scores add up over documents, so a large set can be scored in chunks (`BPB.plus`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -50,11 +55,16 @@ class EvalText:
 def text_sha256(texts: Sequence[str]) -> str:
     """Hash of the evaluated text: each document's UTF-8 bytes with its length before it."""
     digest = hashlib.sha256()
+    hash_texts(digest, texts)
+    return digest.hexdigest()
+
+
+def hash_texts(digest: hashlib._Hash, texts: Iterable[str]) -> None:
+    """Feed `texts` to a sha256 as `text_sha256` does (for a set hashed chunk by chunk)."""
     for text in texts:
         data = text.encode("utf-8")
         digest.update(len(data).to_bytes(8, "little"))
         digest.update(data)
-    return digest.hexdigest()
 
 
 def encode_texts(name: str, ids: list[str], texts: list[str],
@@ -91,6 +101,20 @@ class BPB:
     def bpb(self) -> float:
         return self.bits / self.bytes if self.bytes else math.nan
 
+    @property
+    def loss(self) -> float:
+        """Mean next-token cross-entropy in nats (the training loss's unit)."""
+        return self.bits * math.log(2) / self.tokens if self.tokens else math.nan
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.loss)
+
+    def plus(self, other: BPB) -> BPB:
+        """The score of both sets of documents together."""
+        return BPB(self.bits + other.bits, self.bytes + other.bytes, self.tokens + other.tokens,
+                   self.documents + other.documents)
+
     def to_dict(self) -> dict:
         return {**asdict(self), "bpb": self.bpb,
                 "bits_per_token": self.bits / self.tokens if self.tokens else math.nan}
@@ -98,8 +122,12 @@ class BPB:
 
 @torch.no_grad()
 def bits_per_byte(logits_fn: Logits, data: EvalText, context_id: int, seq_len: int,
-                  stride: int | None = None, batch_size: int = 16) -> BPB:
-    """Bits per byte of `logits_fn` (e.g. `lambda x: model(x).logits`) on `data`."""
+                  stride: int | None = None, batch_size: int = 16,
+                  on_batch: Callable[[int], None] | None = None) -> BPB:
+    """Bits per byte of `logits_fn` (e.g. `lambda x: model(x).logits`) on `data`.
+
+    `logits_fn` gets CPU ids and may return logits on any device. `on_batch(tokens)` is told
+    the number of tokens each batch scored (a progress bar)."""
     stride = stride or seq_len
     pieces: list[tuple[list[int], int, int]] = []  # (window inputs + target, scored from, to)
     for ids in data.tokens:
@@ -118,10 +146,15 @@ def bits_per_byte(logits_fn: Logits, data: EvalText, context_id: int, seq_len: i
             inputs[row, :len(window) - 1] = torch.tensor(window[:-1])
             targets[row, :len(window) - 1] = torch.tensor(window[1:])
             mask[row, first:last] = True
-        logprobs = torch.log_softmax(logits_fn(inputs).double(), dim=-1)
-        picked = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        logits = logits_fn(inputs)
+        targets, mask = targets.to(logits.device), mask.to(logits.device)
+        picked = torch.stack([  # row by row: one row's logits in float64 at a time, not all
+            torch.log_softmax(row.double(), dim=-1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
+            for row, target in zip(logits, targets, strict=True)])
         bits -= float(picked[mask].sum()) / math.log(2)
         scored += int(mask.sum())
+        if on_batch is not None:
+            on_batch(int(mask.sum()))
     total = sum(map(len, data.tokens))
     if scored != total:  # every token scored exactly once
         raise AssertionError(f"scored {scored} of {total} tokens")
