@@ -13,17 +13,18 @@ import posixpath
 import time
 
 import numpy as np
+import pyarrow as pa
 
 from refine.dedup.edits import MARKS, WINDOWS, removed_rows
 from refine.dedup.fuzzy import read_docs
 from refine.dedup.names import request_names
 from refine.dedup.shuffle import gather, hash_partition, scatter, shard_of
-from refine.dedup.windows import WINDOW, document_windows, repeat_marks
+from refine.dedup.windows import WINDOW, batch_windows, repeat_marks
 from refine.rundir import RunDir
 
 CHARS_PER_TOKEN = 4  # to size partitions before tokenising: English web text has ~5.5
 SORT_COPIES = 3  # a partition task holds its windows, their sort order and the sorted copy
-FLUSH_WINDOWS = 1 << 21  # a shard's windows are sent on every ~2M (~100 MB)
+BATCH_DOCS = 2_000  # documents tokenised and sent together (~70 MB of windows at 4 KB each)
 
 
 def window_partitions(chars: int, task_bytes: int) -> int:
@@ -42,27 +43,16 @@ def shard_windows(run: RunDir, work: str, path: str, shard: int, min_tokens: int
     alive = np.ones(len(nodes), dtype=bool)
     alive[removed_rows(run, work, shard, urls)] = False
     texts = run.read_table(path, columns=["text"]).column("text")
-    pending: list[np.ndarray] = []
-    pending_windows = sent = part = 0
-    for row in np.flatnonzero(alive).tolist():
-        windows = document_windows(texts[row].as_py(), nodes[row], min_tokens)
-        if len(windows):
-            pending.append(windows)
-            pending_windows += len(windows)
-        if pending_windows >= FLUSH_WINDOWS:
-            sent += _send(run, work, pending, partitions, f"{name}-{part}")
-            pending, pending_windows, part = [], 0, part + 1
-    if pending:
-        sent += _send(run, work, pending, partitions, f"{name}-{part}")
+    rows = np.flatnonzero(alive)
+    sent = part = 0
+    for first in range(0, len(rows), BATCH_DOCS):
+        batch = rows[first : first + BATCH_DOCS]
+        windows = batch_windows(texts.take(pa.array(batch)).to_pylist(), nodes[batch],
+                                min_tokens)
+        scatter(run, f"{work}/{WINDOWS}", windows, hash_partition(windows["h1"], partitions),
+                partitions, f"{name}-{part}")
+        sent, part = sent + len(windows), part + 1
     return int(alive.sum()), sent, time.process_time() - started
-
-
-def _send(run: RunDir, work: str, pending: list[np.ndarray], partitions: int,
-          producer: str) -> int:
-    windows = np.concatenate(pending)
-    scatter(run, f"{work}/{WINDOWS}", windows, hash_partition(windows["h1"], partitions),
-            partitions, producer)
-    return len(windows)
 
 
 def window_partition(run: RunDir, work: str, partition: int, shards: int
