@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from refine.configfile import ConfigError, parse, read_yaml
 from refine.dedup.config import DedupConfig
 from refine.extract import ExtractConfig
+from refine.filters.c4 import C4Config
+from refine.filters.fineweb import FineWebQualityConfig
 from refine.filters.language import LanguageConfig
 from refine.filters.lines import LineCorrectionConfig
 from refine.filters.quality import QualityConfig
@@ -19,6 +21,9 @@ from refine.filters.repetition import RepetitionConfig
 from refine.filters.url import URLFilterConfig
 
 MiB = 1 << 20
+# Stages added after RefinedWeb's (off by default). A config that leaves one at its defaults hashes
+# as if the stage did not exist, so adding it changed no earlier run's hash (runs stay resumable).
+OPTIONAL_SECTIONS = ("c4", "fineweb")
 
 
 class ReadConfig(BaseModel):
@@ -46,12 +51,18 @@ class RunConfig(BaseModel):
     language: LanguageConfig = Field(default_factory=LanguageConfig)
     repetition: RepetitionConfig = Field(default_factory=RepetitionConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
+    c4: C4Config = Field(default_factory=C4Config)
+    fineweb: FineWebQualityConfig = Field(default_factory=FineWebQualityConfig)
     lines: LineCorrectionConfig = Field(default_factory=LineCorrectionConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        data = self.model_dump(mode="json")
+        for name in OPTIONAL_SECTIONS:  # left at their defaults (off): as if they did not exist
+            if getattr(self, name) == type(getattr(self, name))():
+                del data[name]
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @property
     def hash(self) -> str:

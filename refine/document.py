@@ -43,6 +43,6 @@ class Threshold:
 
     metric: str
     config_key: str
-    direction: str  # "min" | "max"
+    direction: str  # "min" | "max" (keep at >= / <= t), "above" | "below" (keep at > / < t)
     reason: str
     integer: bool = False  # the metric is a count (bins on whole numbers)

@@ -21,6 +21,8 @@ from typing import Any
 
 from refine.config import RunConfig
 from refine.document import Document, Filter
+from refine.filters.c4 import C4Filter
+from refine.filters.fineweb import FineWebQualityFilter
 from refine.filters.language import LanguageFilter
 from refine.filters.lines import LineCorrectionFilter
 from refine.filters.quality import QualityFilter
@@ -63,6 +65,10 @@ def build_text_filters(config: RunConfig) -> list[tuple[str, Filter]]:
         stages.append(("repetition", RepetitionFilter(config.repetition)))
     if config.quality.enabled:
         stages.append(("quality", QualityFilter(config.quality)))
+    if config.c4.enabled:  # optional stages (refine.stats.OPTIONAL_STAGES): FineWeb's
+        stages.append((C4Filter.name, C4Filter(config.c4)))
+    if config.fineweb.enabled:
+        stages.append((FineWebQualityFilter.name, FineWebQualityFilter(config.fineweb)))
     if config.lines.enabled:
         stages.append(("lines", LineCorrectionFilter(config.lines)))
     return stages
@@ -92,7 +98,7 @@ class UnitProcessor:
                            out.compression)
         rejected = ShardWriter(self.run_dir, REJECTED, unit.id, REJECTED_SCHEMA,
                                out.shard_bytes, out.compression)
-        stats = UnitStats(unit.id, unit.path)
+        stats = UnitStats(unit.id, unit.path, [name for name, _ in self.text_filters])
         batch: list[SourceRecord] = []
         batch_chars = 0
         clock = time.thread_time()

@@ -8,14 +8,22 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
+from refine.filters import c4, fineweb
 from refine.rundir import PARTS, RunDir
 
-STAGES = ("read", "url", "extract", "language", "repetition", "quality", "lines", "write")
+# Per-document stages in run order. The optional ones (off by default) are counted only by runs
+# that enable them, so a run without them writes the same statistics as before they existed.
+OPTIONAL_STAGES = (c4.STAGE, fineweb.STAGE)  # FineWeb's: after Gopher quality, as FineWeb has them
+DOCUMENT_STAGES = ("read", "url", "extract", "language", "repetition", "quality",
+                   *OPTIONAL_STAGES, "lines", "write")
+STAGES = tuple(name for name in DOCUMENT_STAGES if name not in OPTIONAL_STAGES)  # always counted
 # Whole-run stages, after "lines", in the order they are applied: URL dedup is decided before exact
 # substrings, so that a passage is only ever cut in favour of a document that stays kept.
 DEDUP_STAGES = ("fuzzy_dedup", "url_dedup", "exact_dedup")
+ORDER = DOCUMENT_STAGES[:-1] + DEDUP_STAGES + DOCUMENT_STAGES[-1:]  # every stage, in run order
 
 
 def new_stage() -> dict[str, Any]:
@@ -23,9 +31,11 @@ def new_stage() -> dict[str, Any]:
 
 
 class UnitStats:
-    def __init__(self, unit_id: str, path: str):
+    def __init__(self, unit_id: str, path: str, optional: Iterable[str] = ()):
+        """`optional`: the stages the run enables; those of `OPTIONAL_STAGES` are counted."""
         self.unit_id, self.path = unit_id, path
-        self.stages = {name: new_stage() for name in STAGES}
+        wanted = set(STAGES).union(optional)
+        self.stages = {name: new_stage() for name in DOCUMENT_STAGES if name in wanted}
         self.records_by_type: Counter[str] = Counter()
         self.warnings: list[str] = []
         self.kept = 0
@@ -97,7 +107,7 @@ def merge(parts: list[dict[str, Any]], units_per_input: dict[str, int],
     for entry in inputs.values():
         entry["complete"] = entry["units_done"] == entry["units"]
         entry["by_reason"] = dict(sorted(entry["by_reason"].items()))
-    order = {name: i for i, name in enumerate(STAGES[:-1] + DEDUP_STAGES + STAGES[-1:])}
+    order = {name: i for i, name in enumerate(ORDER)}
     stages = dict(sorted(stages.items(), key=lambda item: order.get(item[0], len(order))))
     read = sum(e["read"] for e in inputs.values())
     kept = sum(e["kept"] for e in inputs.values())

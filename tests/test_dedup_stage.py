@@ -278,20 +278,28 @@ def test_previous_run_without_url_set_fails_before_work(tmp_path):
         dedup_config(urls={"previous_runs": [str(tmp_path)]})
 
 
-def test_presets_refinedweb_is_the_default_and_fineweb_differs_in_dedup_only():
-    from refine.config import RunConfig, load_config
+def test_presets_refinedweb_is_the_default_and_fineweb_differs_in_dedup_and_its_filters():
+    from refine.config import OPTIONAL_SECTIONS, RunConfig, load_config
+    from refine.filters.c4 import C4Config
+    from refine.filters.fineweb import FineWebQualityConfig
 
     from .conftest import ROOT
 
     refinedweb = load_config(ROOT / "configs" / "refinedweb.yaml")
     assert refinedweb.hash == RunConfig(name="refinedweb").hash
+    # FineWeb's filter stages are off in RefinedWeb and leave its hash as it was before them
+    assert not refinedweb.c4.enabled and not refinedweb.fineweb.enabled
+    assert not set(OPTIONAL_SECTIONS) & set(json.loads(refinedweb.canonical_json()))
     fineweb = load_config(ROOT / "configs" / "fineweb.yaml")
     assert (fineweb.dedup.fuzzy.num_bands, fineweb.dedup.fuzzy.rows_per_band) == (14, 8)
     assert not fineweb.dedup.exact.enabled
     for preset in (refinedweb.dedup.fuzzy, fineweb.dedup.fuzzy):  # 50% at 0.72 and 0.69
         assert preset.candidate_probability(0.65) < 0.5 < preset.candidate_probability(0.75)
-    same = fineweb.model_dump(exclude={"name", "dedup"})
-    assert same == refinedweb.model_dump(exclude={"name", "dedup"})
+    # C4's filters as FineWeb ran them (all but the terminal-punctuation rule), FineWeb's own
+    assert fineweb.c4 == C4Config(enabled=True, filter_no_terminal_punct=False)
+    assert fineweb.fineweb == FineWebQualityConfig(enabled=True)
+    same = fineweb.model_dump(exclude={"name", "dedup", *OPTIONAL_SECTIONS})
+    assert same == refinedweb.model_dump(exclude={"name", "dedup", *OPTIONAL_SECTIONS})
 
 
 def _words(tag: str, n: int) -> str:

@@ -40,7 +40,10 @@ def test_script_json_cannot_end_its_script_block():
     assert json.loads(text) == payload
 
 
-@pytest.mark.parametrize("direction", ["min", "max"])
+KEEP = {"min": np.greater_equal, "max": np.less_equal, "above": np.greater, "below": np.less}
+
+
+@pytest.mark.parametrize("direction", ["min", "max", "above", "below"])
 @pytest.mark.parametrize("integer", [False, True])
 def test_whatif_bins_are_exact_at_every_edge(direction, integer):
     rng = np.random.default_rng(7)
@@ -55,9 +58,10 @@ def test_whatif_bins_are_exact_at_every_edge(direction, integer):
     docs, word_bins = histogram(check, values, words, edges)
     assert docs.sum() == len(values) and word_bins.sum() == words.sum()
     for k, t in enumerate(edges):
-        keep = values >= t if direction == "min" else values <= t
+        keep = KEEP[direction](values, t)
         assert kept_at(check, docs, k) == keep.sum(), (k, t)
-        word_sum = word_bins[: k + 1].sum() if direction == "max" else word_bins[k + 1 :].sum()
+        upper = direction in ("max", "below")
+        word_sum = word_bins[: k + 1].sum() if upper else word_bins[k + 1 :].sum()
         assert word_sum == words[keep].sum()
 
 

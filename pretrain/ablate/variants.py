@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pretrain.tokenize import is_validation
-from refine.config import RunConfig, parse_config
+from refine.config import OPTIONAL_SECTIONS, RunConfig, parse_config
 from refine.dedup.fuzzy import url_key
 from refine.rundir import REJECTED, RunDir
 
@@ -45,9 +45,9 @@ DEDUP_STAGES = ("fuzzy", "exact", "urls")
 
 
 def raw_config(config: RunConfig) -> RunConfig:
-    """Stages 1-4 only: repetition, quality, lines and dedup off."""
+    """Stages 1-4 only: repetition, quality, C4, FineWeb, lines and dedup off."""
     data = config.model_dump(mode="json")
-    for section in ("repetition", "quality", "lines"):
+    for section in ("repetition", "quality", *OPTIONAL_SECTIONS, "lines"):
         data[section]["enabled"] = False
     for stage in DEDUP_STAGES:
         data["dedup"][stage]["enabled"] = False

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from refine import accounting
+from refine.filters import c4, fineweb
 from refine.report import whatif
 from refine.report.columns import metric_arrays, word_counts
 from refine.report.examples import Reservoir, highlights
@@ -29,7 +30,7 @@ from refine.rundir import (
     as_run_dir,
 )
 from refine.shards import metrics_dict
-from refine.stats import DEDUP_STAGES, STAGES, load_parts, merge
+from refine.stats import ORDER, load_parts, merge
 
 log = logging.getLogger("refine.report")
 BATCH_ROWS = 65_536
@@ -39,6 +40,7 @@ STAGE_METRIC_PREFIX = {
     "read": "read.", "url": "url.", "extract": "extract.", "language": "language.",
     "repetition": "gopher_repetition.", "quality": "gopher_quality.",
     "lines": "line_corrections.", "exact_dedup": "exact_dedup.",
+    c4.STAGE: f"{c4.STAGE}.", fineweb.STAGE: f"{fineweb.STAGE}.",
 }
 N_WORDS = "gopher_quality.n_words"
 
@@ -90,7 +92,7 @@ def _count(counter: Counter[str], codes: np.ndarray, names: list[str],
 
 def _ordered(stats: dict[str, Any]) -> dict[str, Any]:
     """Stages in run order (stats.json stores them sorted by name)."""
-    order = {name: i for i, name in enumerate(STAGES[:-1] + DEDUP_STAGES + STAGES[-1:])}
+    order = {name: i for i, name in enumerate(ORDER)}
     stats["stages"] = dict(sorted(stats["stages"].items(),
                                   key=lambda item: order.get(item[0], len(order))))
     return stats

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from refine.filters import c4, fineweb
 from refine.filters.lines import LineCorrectionConfig, LineCorrectionFilter
 from refine.filters.quality import BULLETS, ELLIPSES
 
@@ -100,6 +101,12 @@ def highlights(stage: str, reason: str, text: str, config: dict[str, Any]) -> li
     if stage == "lines" and config.get("lines"):
         line_filter = LineCorrectionFilter(LineCorrectionConfig(**config["lines"]))
         return line_filter.line_flags(text)
+    if stage == c4.STAGE and config.get(c4.STAGE):
+        return c4.C4Filter(c4.C4Config(**config[c4.STAGE])).line_flags(text)
+    if stage == fineweb.STAGE and config.get(fineweb.STAGE):
+        quality_filter = fineweb.FineWebQualityFilter(
+            fineweb.FineWebQualityConfig(**config[fineweb.STAGE]))
+        return quality_filter.line_flags(text, reason)
     if stage == "repetition":
         match = _NGRAM_REASON.fullmatch(reason)
         if match:

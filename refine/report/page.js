@@ -5,7 +5,7 @@
 
   function kept(w, k) {
     var docs = 0, words = 0, i;
-    if (w.direction === "max") {
+    if (w.upper) {
       for (i = 0; i <= k; i++) { docs += w.docs[i]; words += w.words[i]; }
     } else {
       for (i = k + 1; i < w.docs.length; i++) { docs += w.docs[i]; words += w.words[i]; }
@@ -47,7 +47,7 @@
         signed(r[1] - w.kept_words_now) + " words vs. the run";
       Array.prototype.forEach.call(bins, function (rect) {
         var i = Number(rect.getAttribute("data-bin"));
-        var pass = w.direction === "max" ? i <= k : i > k;
+        var pass = w.upper ? i <= k : i > k;
         rect.setAttribute("class", pass ? "bin" : "bin fail");
       });
       var x = String((k + 1) * binWidth);

@@ -15,6 +15,7 @@ from typing import Any
 
 from refine.report.ablation import html_section
 from refine.report.whatif import STAGE_THRESHOLDS
+from refine.stats import OPTIONAL_STAGES
 
 HIST_WIDTH, HIST_HEIGHT = 720, 120
 
@@ -224,7 +225,7 @@ def _whatifs(data: dict[str, Any]) -> str:
             stage = w["stage"]
             out.append(f"<h3>{_e(stage)}</h3>")
         svg, bin_w = _histogram(w)
-        sign = "≥" if w["direction"] == "min" else "≤"
+        sign = {"min": "≥", "max": "≤", "above": ">", "below": "<"}[w["direction"]]
         notes = [f"{_n(w['eligible'])} documents counted"]
         if w["other_checks_failed"]:
             notes.append(f"{_n(w['other_checks_failed'])} dropped at this stage are not counted: "
@@ -236,7 +237,7 @@ def _whatifs(data: dict[str, Any]) -> str:
             f'data-index="{index}" data-bin-width="{bin_w!r}" data-metric="{_e(w["metric"])}" '
             f'data-config-key="{_e(w["config_key"])}" data-stage="{_e(w["stage"])}">'
             f'<b>{_e(w["stage"])}.{_e(w["config_key"])}</b> — keep when '
-            f'<code>{_e(w["metric"])}</code> {sign} threshold (reason <code>{_e(w["reason"])}'
+            f'<code>{_e(w["metric"])}</code> {_e(sign)} threshold (reason <code>{_e(w["reason"])}'
             f"</code>); run's value {w['threshold']:.6g}"
             f"{svg}<div class=\"controls\"><label>threshold <input type=\"range\" min=\"0\" "
             f'max="{len(w["edges"]) - 1}" step="1" value="{w["threshold_index"]}"></label>'
@@ -388,7 +389,9 @@ def render(data: dict[str, Any]) -> str:
     body = "".join(f'<section id="{sid}"><h2>{_e(title)}</h2>{html}</section>'
                    for sid, title, html in sections)
     docs = stats["documents"]
-    checks = "; ".join(f"{stage} ({len(c)} checks)" for stage, c in STAGE_THRESHOLDS.items())
+    config = manifest.get("config", {})
+    checks = "; ".join(f"{stage} ({len(c)} checks)" for stage, c in STAGE_THRESHOLDS.items()
+                       if stage not in OPTIONAL_STAGES or config.get(stage, {}).get("enabled"))
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from refine.document import Threshold
-from refine.filters import language, lines, quality, repetition
+from refine.filters import c4, fineweb, language, lines, quality, repetition
 
 # Stages with thresholded checks, in run order (the URL filter's soft-word count is followed by
 # a check that stores no metric, so its what-if could not be exact: not offered).
@@ -25,8 +25,14 @@ STAGE_THRESHOLDS: dict[str, tuple[Threshold, ...]] = {
     "language": language.THRESHOLDS,
     "repetition": repetition.THRESHOLDS,
     "quality": quality.THRESHOLDS,
+    c4.STAGE: c4.THRESHOLDS,
+    fineweb.STAGE: fineweb.THRESHOLDS,
     "lines": lines.THRESHOLDS,
 }
+# Threshold.direction: what a document needs to be kept. "min": metric >= t, "max": metric <= t,
+# "above": metric > t, "below": metric < t (FineWeb's checks drop at equality).
+UPPER = {"min": False, "max": True, "above": False, "below": True}  # kept under the threshold
+STRICT = {"min": False, "max": False, "above": True, "below": True}
 BINS = 120
 TAIL = 0.002  # values beyond these quantiles fall in the first and last bin
 
@@ -62,7 +68,9 @@ def metric_keys(config: dict[str, Any]) -> dict[str, list[str]]:
 
 def passes(check: Threshold, values: np.ndarray, threshold: float) -> np.ndarray:
     """Whether each value passes the check (NaN, a missing metric, never passes)."""
-    return values >= threshold if check.direction == "min" else values <= threshold
+    if STRICT[check.direction]:
+        return values < threshold if UPPER[check.direction] else values > threshold
+    return values <= threshold if UPPER[check.direction] else values >= threshold
 
 
 def bin_edges(values: np.ndarray, threshold: float, integer: bool, bins: int = BINS) -> np.ndarray:
@@ -88,8 +96,8 @@ def histogram(check: Threshold, values: np.ndarray, words: np.ndarray,
               edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Documents and words per bin; bin i lies between edges i-1 and i (bin 0 and the last bin
     are open-ended). Bins are closed on the side that keeps a threshold at an edge exact:
-    (e[i-1], e[i]] for "max" checks, [e[i-1], e[i]) for "min" checks."""
-    side = "left" if check.direction == "max" else "right"
+    (e[i-1], e[i]] for "max" and "above" checks, [e[i-1], e[i]) for "min" and "below" checks."""
+    side = "left" if UPPER[check.direction] != STRICT[check.direction] else "right"
     index = np.searchsorted(edges, values, side=side)
     size = len(edges) + 1
     docs = np.bincount(index, minlength=size)
@@ -99,7 +107,7 @@ def histogram(check: Threshold, values: np.ndarray, words: np.ndarray,
 
 def kept_at(check: Threshold, docs: np.ndarray, edge: int) -> int:
     """Documents kept with the threshold at edges[edge] (the JS does the same sum)."""
-    return int(docs[: edge + 1].sum() if check.direction == "max" else docs[edge + 1 :].sum())
+    return int(docs[: edge + 1].sum() if UPPER[check.direction] else docs[edge + 1 :].sum())
 
 
 def build(config: dict[str, Any], kept_metrics: dict[str, np.ndarray], kept_words: np.ndarray,
@@ -127,12 +135,13 @@ def build(config: dict[str, Any], kept_metrics: dict[str, np.ndarray], kept_word
             edge = int(np.searchsorted(edges, current[i]))
             out.append({
                 "stage": stage, "metric": check.metric, "config_key": check.config_key,
-                "direction": check.direction, "reason": check.reason, "threshold": current[i],
+                "direction": check.direction, "upper": UPPER[check.direction],
+                "reason": check.reason, "threshold": current[i],
                 "threshold_index": edge, "edges": edges.tolist(), "docs": docs.tolist(),
                 "words": word_bins.tolist(), "eligible": int(len(values)),
                 "missing": int(missing.sum()), "other_checks_failed": unknown,
                 "inconsistent": inconsistent, "kept_now": kept_at(check, docs, edge),
-                "kept_words_now": int(word_bins[: edge + 1].sum() if check.direction == "max"
+                "kept_words_now": int(word_bins[: edge + 1].sum() if UPPER[check.direction]
                                       else word_bins[edge + 1 :].sum()),
             })
     return out
