@@ -18,7 +18,8 @@ class FuzzyDedupConfig(MinHashConfig):
     """Stage 8. Defaults: RefinedWeb's 450 bands x 20 rows on word 5-grams."""
 
     enabled: bool = True
-    # band keys are shuffled into buckets of about this many bytes (32 per key), one task each
+    # memory of one grouping task: band keys (32 bytes each) are shuffled into buckets that,
+    # sorted, fit in about this many bytes
     bucket_bytes: int = Field(256 * MiB, ge=MiB)
 
 

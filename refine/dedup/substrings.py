@@ -24,7 +24,8 @@ from refine.rundir import RunDir
 
 CHARS_PER_TOKEN = 4  # to size partitions before tokenising: English web text has ~5.5
 SORT_COPIES = 3  # a partition task holds its windows, their sort order and the sorted copy
-BATCH_DOCS = 2_000  # documents tokenised and sent together (~70 MB of windows at 4 KB each)
+BATCH_DOCS = 2_000  # documents tokenised together (~70 MB of windows at 4 KB each)
+FLUSH_WINDOWS = 1 << 21  # windows of a shard sent at once (~90 MB): files = partitions x flushes
 
 
 def window_partitions(chars: int, task_bytes: int) -> int:
@@ -44,14 +45,19 @@ def shard_windows(run: RunDir, work: str, path: str, shard: int, min_tokens: int
     alive[removed_rows(run, work, shard, urls)] = False
     texts = run.read_table(path, columns=["text"]).column("text")
     rows = np.flatnonzero(alive)
-    sent = part = 0
+    pending: list[np.ndarray] = []
+    sent = part = pending_windows = 0
     for first in range(0, len(rows), BATCH_DOCS):
         batch = rows[first : first + BATCH_DOCS]
-        windows = batch_windows(texts.take(pa.array(batch)).to_pylist(), nodes[batch],
-                                min_tokens)
-        scatter(run, f"{work}/{WINDOWS}", windows, hash_partition(windows["h1"], partitions),
-                partitions, f"{name}-{part}")
-        sent, part = sent + len(windows), part + 1
+        pending.append(batch_windows(texts.take(pa.array(batch)).to_pylist(), nodes[batch],
+                                     min_tokens))
+        pending_windows += len(pending[-1])
+        last = first + BATCH_DOCS >= len(rows)
+        if pending_windows >= FLUSH_WINDOWS or last:  # few files: one per partition and flush
+            windows = np.concatenate(pending)
+            scatter(run, f"{work}/{WINDOWS}", windows,
+                    hash_partition(windows["h1"], partitions), partitions, f"{name}-{part}")
+            sent, part, pending, pending_windows = sent + len(windows), part + 1, [], 0
     return int(alive.sum()), sent, time.process_time() - started
 
 
