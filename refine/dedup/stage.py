@@ -28,11 +28,18 @@ import numpy as np
 
 from refine.dedup.config import DedupConfig
 from refine.dedup.edits import FUZZY, removed_rows, shard_edits
-from refine.dedup.fuzzy import ENTRY, SignedShard, bucket_edges, read_docs, sign_shard
+from refine.dedup.fuzzy import (
+    BUCKET_COPIES,
+    ENTRY,
+    SignedShard,
+    bucket_edges,
+    read_docs,
+    sign_shard,
+)
 from refine.dedup.names import answer_names
 from refine.dedup.rewrite import RewriteResult, rewrite_shard
 from refine.dedup.stars import connect, star_decisions
-from refine.dedup.substrings import SORT_COPIES, shard_windows, window_partition, window_partitions
+from refine.dedup.substrings import shard_windows, window_partition, window_partitions
 from refine.dedup.urls import (
     decide_range,
     range_bits,
@@ -129,7 +136,7 @@ def run_dedup(run_dir: RunDir | str | Path, config: DedupConfig, rejected_text_c
     if fuzzy is not None:
         key_bytes = total * fuzzy.num_bands * ENTRY.itemsize
         # at least MIN_BUCKETS, so that every worker shares the grouping even on small runs
-        buckets = max(MIN_BUCKETS, math.ceil(key_bytes * SORT_COPIES / fuzzy.bucket_bytes))
+        buckets = max(MIN_BUCKETS, math.ceil(key_bytes * BUCKET_COPIES / fuzzy.bucket_bytes))
     log.info("dedup: %d documents in %d shards", total, len(shards))
     signed: list[SignedShard] = map_tasks(
         "dedup: signatures", sign_shard,
