@@ -37,6 +37,17 @@ examples:
       --output runs/ablate-real-html
 """
 
+CLASSIFIER_EPILOG = """\
+examples:
+  refine classifier train --positive refine/data/ablation-curated.jsonl.gz \\
+      tests/data/text/lee-news-background.txt --negative runs/demo/data --out models/quality.npz
+then in a config:
+  classifier:
+    enabled: true
+    model: models/quality.npz
+    threshold: 0.5          # or top_fraction: 0.1
+"""
+
 EXIT_OK, EXIT_ERROR, EXIT_STRICT, EXIT_INTERRUPTED = 0, 2, 3, 130
 
 
@@ -141,6 +152,34 @@ def _parser() -> argparse.ArgumentParser:
         "only map it ($REFINE_CACHE_DIR, default ~/.cache/refine)")
     build_cache.add_argument("path", nargs="?", help="domain list, or a directory from "
                              "'blocklist update' (default: the packaged UT1 list)")
+
+    classifier = commands.add_parser(
+        "classifier", help="train a quality classifier for the config's classifier: stage")
+    classifier_commands = classifier.add_subparsers(dest="classifier_command", required=True)
+    train = classifier_commands.add_parser(
+        "train", help="train a fastText-style bigram classifier (numpy): positives (text you "
+        "trust) against negatives (e.g. a run's data/); prints held-out precision/recall/F1",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=CLASSIFIER_EPILOG)
+    train.add_argument("--positive", nargs="+", required=True, metavar="FILE",
+                       help="curated text: .txt (a document per line), .jsonl, .parquet, or a "
+                            "directory of .parquet/.jsonl files")
+    train.add_argument("--negative", nargs="+", required=True, metavar="FILE",
+                       help="raw web text, the same formats; a run directory reads its data/")
+    train.add_argument("--out", required=True, metavar="MODEL",
+                       help="model file (.npz); the evaluation goes beside it (.eval.json)")
+    # refine.quality_classifier.TrainConfig's defaults (not imported: --help stays fast)
+    train.add_argument("--dim", type=int, default=32, help="embedding size (default 32)")
+    train.add_argument("--buckets", type=int, default=1 << 18,
+                       help="hash buckets for words and bigrams (default 2^18)")
+    train.add_argument("--epochs", type=int, default=5, help="default 5")
+    train.add_argument("--lr", type=float, default=1.0,
+                       help="initial learning rate, decaying linearly to 0 (default 1.0)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--holdout", type=float, default=0.1,
+                       help="fraction held out for the evaluation, by hash of the text "
+                            "(default 0.1)")
+    train.add_argument("--max-docs", type=int, default=None,
+                       help="read at most this many documents per side")
     return parser
 
 
@@ -328,6 +367,19 @@ def _command_blocklist(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _command_classifier(args: argparse.Namespace) -> int:
+    from refine.quality_classifier import TrainConfig, eval_path, train_files
+
+    config = TrainConfig(dim=args.dim, buckets=args.buckets, epochs=args.epochs, lr=args.lr,
+                         seed=args.seed, holdout=args.holdout)
+    path, ev = train_files(args.positive, args.negative, args.out, config, args.max_docs)
+    print(f"held-out: {ev['documents']} documents ({ev['positives']} positive, "
+          f"{ev['negatives']} negative) at score >= {ev['threshold']}: precision "
+          f"{ev['precision']:.3f}, recall {ev['recall']:.3f}, F1 {ev['f1']:.3f}")
+    print(f"wrote {path} and {eval_path(path)}")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -335,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     from refine.run import RunError
 
     handlers = {"run": _command_run, "stats": _command_stats, "report": _command_report,
-                "ablate": _command_ablate, "blocklist": _command_blocklist}
+                "ablate": _command_ablate, "blocklist": _command_blocklist,
+                "classifier": _command_classifier}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

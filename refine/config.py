@@ -13,6 +13,7 @@ from refine.configfile import ConfigError, parse, read_yaml
 from refine.dedup.config import DedupConfig
 from refine.extract import ExtractConfig
 from refine.filters.c4 import C4Config
+from refine.filters.classifier import ClassifierConfig
 from refine.filters.fineweb import FineWebQualityConfig
 from refine.filters.language import LanguageConfig
 from refine.filters.lines import LineCorrectionConfig
@@ -23,7 +24,7 @@ from refine.filters.url import URLFilterConfig
 MiB = 1 << 20
 # Stages added after RefinedWeb's (off by default). A config that leaves one at its defaults hashes
 # as if the stage did not exist, so adding it changed no earlier run's hash (runs stay resumable).
-OPTIONAL_SECTIONS = ("c4", "fineweb")
+OPTIONAL_SECTIONS = ("c4", "fineweb", "classifier")
 
 
 class ReadConfig(BaseModel):
@@ -54,6 +55,7 @@ class RunConfig(BaseModel):
     c4: C4Config = Field(default_factory=C4Config)
     fineweb: FineWebQualityConfig = Field(default_factory=FineWebQualityConfig)
     lines: LineCorrectionConfig = Field(default_factory=LineCorrectionConfig)
+    classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 

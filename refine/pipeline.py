@@ -22,6 +22,7 @@ from typing import Any
 from refine.config import RunConfig
 from refine.document import Document, Filter
 from refine.filters.c4 import C4Filter
+from refine.filters.classifier import ClassifierFilter
 from refine.filters.fineweb import FineWebQualityFilter
 from refine.filters.language import LanguageFilter
 from refine.filters.lines import LineCorrectionFilter
@@ -71,6 +72,8 @@ def build_text_filters(config: RunConfig) -> list[tuple[str, Filter]]:
         stages.append((FineWebQualityFilter.name, FineWebQualityFilter(config.fineweb)))
     if config.lines.enabled:
         stages.append(("lines", LineCorrectionFilter(config.lines)))
+    if config.classifier.enabled:  # optional: the trained quality classifier, on the final text
+        stages.append((ClassifierFilter.name, ClassifierFilter(config.classifier)))
     return stages
 
 

@@ -11,14 +11,15 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from refine.filters import c4, fineweb
+from refine.filters import c4, classifier, fineweb
 from refine.rundir import PARTS, RunDir
 
 # Per-document stages in run order. The optional ones (off by default) are counted only by runs
 # that enable them, so a run without them writes the same statistics as before they existed.
-OPTIONAL_STAGES = (c4.STAGE, fineweb.STAGE)  # FineWeb's: after Gopher quality, as FineWeb has them
+# FineWeb's: after Gopher quality, as FineWeb has them; the trained classifier: after the lines.
+OPTIONAL_STAGES = (c4.STAGE, fineweb.STAGE, classifier.STAGE)
 DOCUMENT_STAGES = ("read", "url", "extract", "language", "repetition", "quality",
-                   *OPTIONAL_STAGES, "lines", "write")
+                   c4.STAGE, fineweb.STAGE, "lines", classifier.STAGE, "write")
 STAGES = tuple(name for name in DOCUMENT_STAGES if name not in OPTIONAL_STAGES)  # always counted
 # Whole-run stages, after "lines", in the order they are applied: URL dedup is decided before exact
 # substrings, so that a passage is only ever cut in favour of a document that stays kept.

@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from refine.dedup.exact import DuplicateSpan, cut_spans
 from refine.dedup.windows import spans_from_marks
+from refine.filters.pii import PIIConfig, anonymise, metrics
 from refine.rundir import DATA, REJECTED, SPANS, RunDir
 from refine.shards import (
     KEPT_SCHEMA,
@@ -46,6 +47,9 @@ class ShardEdits:
     min_chars: int = 20  # a document left shorter by its cuts is dropped
     fuzzy: bool = False  # fuzzy dedup ran: every kept row records its cluster size
     cluster_size: dict[int, int] = field(default_factory=dict)  # rows that survived a cluster
+    # PII HOOK (issue #21): anonymise the kept text after dedup. Nothing sets it yet: the config
+    # section and refine.dedup.stage / refine.run (and pipeline._keep without dedup) are to wire.
+    pii: PIIConfig | None = None
 
 
 @dataclass
@@ -111,6 +115,10 @@ def rewrite_shard(source: str, run: RunDir, edits: ShardEdits, rejected_text_cha
         if edits.fuzzy:  # FineWeb-2's minhash_cluster_size: to upsample by it (rehydration)
             row["metrics"] = row["metrics"] + [
                 {"key": CLUSTER_SIZE, "value": float(edits.cluster_size.get(index, 1))}]
+        if edits.pii is not None:  # PII HOOK: after every cut, on the text that is written
+            row["text"], found = anonymise(row["text"], edits.pii)
+            row["metrics"] = row["metrics"] + [{"key": k, "value": v}
+                                               for k, v in metrics(found).items()]
         kept.append(row)
         kept_rows.append(index)
     if kept:

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from refine import accounting
-from refine.filters import c4, fineweb
+from refine.filters import c4, classifier, fineweb
 from refine.report import whatif
 from refine.report.columns import metric_arrays, word_counts
 from refine.report.examples import Reservoir, highlights
@@ -41,6 +41,7 @@ STAGE_METRIC_PREFIX = {
     "repetition": "gopher_repetition.", "quality": "gopher_quality.",
     "lines": "line_corrections.", "exact_dedup": "exact_dedup.",
     c4.STAGE: f"{c4.STAGE}.", fineweb.STAGE: f"{fineweb.STAGE}.",
+    classifier.STAGE: classifier.METRIC,
 }
 N_WORDS = "gopher_quality.n_words"
 

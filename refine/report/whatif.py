@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from refine.document import Threshold
-from refine.filters import c4, fineweb, language, lines, quality, repetition
+from refine.filters import c4, classifier, fineweb, language, lines, quality, repetition
 
 # Stages with thresholded checks, in run order (the URL filter's soft-word count is followed by
 # a check that stores no metric, so its what-if could not be exact: not offered).
@@ -28,6 +28,7 @@ STAGE_THRESHOLDS: dict[str, tuple[Threshold, ...]] = {
     c4.STAGE: c4.THRESHOLDS,
     fineweb.STAGE: fineweb.THRESHOLDS,
     "lines": lines.THRESHOLDS,
+    classifier.STAGE: classifier.THRESHOLDS,
 }
 # Threshold.direction: what a document needs to be kept. "min": metric >= t, "max": metric <= t,
 # "above": metric > t, "below": metric < t (FineWeb's checks drop at equality).
