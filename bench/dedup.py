@@ -19,7 +19,7 @@ Scaling part (issue 5, acceptance point 4): wall time and peak memory of the who
 (`refine.dedup.stage.run_dedup`: fuzzy, exact-substring and URL dedup, then the rewrite) at
 --scales times a corpus of --base-docs real, distinct texts (`bench/dedup_corpus.py`: the
 CC-MAIN text sample, Wikipedia sections, Lee news; shuffled, so every scale has the same mix)
-with injected duplicates at the same rates (`refine.dedup.synthetic.inject_duplicates`: 6%
+with injected duplicates at the same rates (`testkit.synthetic.inject_duplicates`: 6%
 near-duplicates, 2% exact copies, 1% same-URL re-crawls, 1% quoting documents). Scale k is
 written as k * --shards-per-scale ``RUN/filtered/*.parquet`` shards of equal document counts
 (so 2 workers get equal work at every scale; --shard-mb: shards of that much text instead).
@@ -49,6 +49,7 @@ import inspect
 import json
 import os
 import random
+import sys
 import threading
 import time
 from collections import Counter
@@ -69,6 +70,7 @@ PRESETS = {"refinedweb": REFINEDWEB, "fineweb": FINEWEB}
 REFINEDWEB_AFFINE32 = REFINEDWEB.model_copy(update={"scheme": "affine32"})  # datasketch 2's default
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # testkit: the tests' and benches' helpers
 SHARED = ROOT.parent / "shared" / "data"
 
 
@@ -442,7 +444,7 @@ def build_corpora(scales: list[int], base_docs: int, shards_per_scale: int, shar
                   root: Path) -> dict:
     from dedup_corpus import load_originals, write_filtered
 
-    from refine.dedup.synthetic import inject_duplicates
+    from testkit.synthetic import inject_duplicates
 
     available = load_originals()
     random.Random(0).shuffle(available)  # every scale: the same mix of sources

@@ -11,7 +11,7 @@ numpy and become an Arrow string array without Python strings. Into that corpus 
 
 * near-duplicate clusters of known sizes (--cluster-sizes, default 2..5 members): a base
   document of --cluster-words words and copies of it with --edit-fraction of their words
-  replaced (`refine.dedup.synthetic.edit_words`). The defaults (320 words, 1 edit) give a copy
+  replaced (`testkit.synthetic.edit_words`). The defaults (320 words, 1 edit) give a copy
   Jaccard ~0.97 with its base, ~0.94 with another copy, where the S-curve of 14x8 is 1 - 1e-9
   (~1 - 1e-5): a miss is a bug, not bad luck. (2% edits of an 80-word document, Jaccard ~0.78,
   would be found only with probability ~0.87 by 14x8.)
@@ -186,8 +186,8 @@ def generate(size: int, options: dict[str, Any], run_dir: Path, cache: Path) -> 
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from refine.dedup.synthetic import edit_words
     from refine.shards import KEPT_SCHEMA, METRICS
+    from testkit.synthetic import edit_words
 
     started = time.monotonic()
     words = Words(corpus_bytes(cache))

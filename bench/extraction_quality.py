@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
-from refine.extract import TRAFILATURA_ONLY, ExtractConfig
-from refine.extract_eval import evaluate_side_by_side
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # testkit
+
+from refine.extract import TRAFILATURA_ONLY, ExtractConfig  # noqa: E402
+from testkit.extract_eval import evaluate_side_by_side  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "extraction"

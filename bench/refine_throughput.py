@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # testkit: the tests' and benches' helpers
 SHARED = ROOT.parent / "shared" / "data"
 
 
@@ -152,7 +153,7 @@ def main() -> None:
 
     from refine.config import load_config
     from refine.dag import init_ray
-    from refine.extract_eval import evaluate
+    from testkit.extract_eval import evaluate
 
     if args.moto and args.output is None:
         args.output = "s3://refine-bench/runs/bench"

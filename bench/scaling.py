@@ -20,11 +20,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # testkit: the tests' and benches' helpers
 SHARED = ROOT.parent / "shared" / "data"
 
 
 def measure(nodes: int, cpus: int, inputs: list[str], config: Path) -> dict:
-    from refine.localcluster import LocalCluster
+    from testkit.localcluster import LocalCluster
 
     temp = Path(tempfile.mkdtemp(prefix="rs-"))
     started = time.monotonic()

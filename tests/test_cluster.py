@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from refine.localcluster import LocalCluster
+from testkit.localcluster import LocalCluster
 
 from .conftest import DATA, ROOT
 

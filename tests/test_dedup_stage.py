@@ -14,10 +14,10 @@ from refine.configfile import ConfigError
 from refine.dedup.components import connected_components
 from refine.dedup.fuzzy import choose_survivors, preference_order
 from refine.dedup.normalize import word_shingles
-from refine.dedup.synthetic import inject_duplicates
 from refine.dedup.urls import decide
 from refine.run import run
 from refine.shards import metrics_dict
+from testkit.synthetic import inject_duplicates
 
 from .conftest import cc_documents
 

@@ -6,7 +6,7 @@ import pydantic
 import pytest
 
 from refine.extract import DEPTH_CAP, ExtractConfig, cap_depth, clean_text, extract_text
-from refine.extract_eval import decode_html, evaluate, token_prf
+from testkit.extract_eval import decode_html, evaluate, token_prf
 
 # 10 pages (5 same-site pairs) + ground truth from the ScrapingHub article-extraction-benchmark
 GOLD = Path(__file__).parent / "data" / "extraction"

@@ -7,9 +7,9 @@ import pytest
 
 from refine.config import ConfigError, RunConfig, load_config, parse_config
 from refine.extract import ExtractConfig, extract_text
-from refine.extract_eval import evaluate
 from refine.pipeline import UnitProcessor
 from refine.readers import plan_units, read_unit
+from testkit.extract_eval import evaluate
 
 from .conftest import DATA, ROOT
 

@@ -120,7 +120,7 @@ def test_a_job_submitted_to_a_cluster_writes_the_same_run_into_the_bucket(s3, bu
     import shutil
     import tempfile
 
-    from refine.localcluster import LocalCluster
+    from testkit.localcluster import LocalCluster
 
     temp = Path(tempfile.mkdtemp(prefix="rj-"))  # short: Ray's socket paths must fit 107 bytes
     cluster = LocalCluster(temp, dashboard=True)

@@ -9,7 +9,6 @@ from lxml.etree import XPath
 from trafilatura.utils import load_html
 
 from refine.extract import ExtractConfig, extract_text
-from refine.extract_eval import decode_html
 from refine.readers import plan_units, read_unit
 from refine.xpath_rewrite import (
     REGEXP_NS,
@@ -18,6 +17,7 @@ from refine.xpath_rewrite import (
     rewritten_pairs,
     use_rewritten_xpaths,
 )
+from testkit.extract_eval import decode_html
 
 DATA = Path(__file__).parent / "data"
 NS = {"re": REGEXP_NS}
