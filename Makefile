@@ -38,7 +38,7 @@ demo: setup
 	$(VENV)/bin/refine report $(DEMO)
 	$(PY) -m pretrain.tokenizer --data $(DEMO)/data --out $(DEMO)-tokenizer --vocab-size 8000 \
 		--overwrite
-	$(PY) -m pretrain.tokenize --data $(DEMO)/data --tokenizer $(DEMO)-tokenizer \
+	$(PY) -m pretrain.encode --data $(DEMO)/data --tokenizer $(DEMO)-tokenizer \
 		--out $(DEMO)-tokens --val-fraction 0.05 --workers 2 --overwrite
 	$(PY) -m pretrain.hf_export --tokenizer $(DEMO)-tokenizer --out $(DEMO)-hf-tokenizer
 	$(PY) -m pretrain.dataset --tokens $(DEMO)-tokens --seq-len 512 --world-size 2

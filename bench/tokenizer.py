@@ -11,7 +11,7 @@ Crawl text sample and the Lee news background corpus).
    under 8 GB at 5 million lines.
 2. Encoding (`bench: tokenizer_encode`): the corpus's documents, repeated to at least
    --encode-chars characters and written as --encode-shards Parquet files, are encoded by
-   `pretrain.tokenize` on Ray (--workers actors) and, in this same process, by bare
+   `pretrain.encode` on Ray (--workers actors) and, in this same process, by bare
    `sentencepiece` (one thread, the same batches). Tokens/s per core: Ray = tokens / wall /
    workers (wall from the call to the manifest, Ray already started), bare = tokens / wall;
    the CPU-time versions (tokens per CPU second) are reported too, as they are less sensitive
@@ -147,7 +147,7 @@ def bench_encoding(texts: list[str], tokenizer: Path, workers: int, min_chars: i
                    shards: int, work: Path) -> None:
     import sentencepiece as spm
 
-    from pretrain.tokenize import tokenize_run
+    from pretrain.encode import tokenize_run
 
     copies = max(1, -(-min_chars // sum(map(len, texts))))
     tiled = texts * copies

@@ -17,7 +17,7 @@ configs do) every compared model has its decoder layers compiled (pretrain.model
 compilation happens in the untimed warmup steps.
 
 Batches: synthetic by default (seeded uniform token ids over the vocabulary, --vocab-size), or
-real windows of a TOKENS directory (--data, `python -m pretrain.tokenize`). MFU =
+real windows of a TOKENS directory (--data, `python -m pretrain.encode`). MFU =
 flops_per_token * tokens/s / peak FLOP/s, with pretrain.train's peak table (GPUs) or
 --peak-flops; on CPU no peak is known, so `mfu` is null and tokens/s is the measure.
 

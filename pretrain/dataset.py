@@ -1,4 +1,4 @@
-"""Fixed windows over TOKENS (see `pretrain.tokenize`), for data-parallel training.
+"""Fixed windows over TOKENS (see `pretrain.encode`), for data-parallel training.
 
 The split's shards (in manifest order) form one token stream of T tokens. Sample s is the
 window stream[s * seq_len : s * seq_len + seq_len + 1] (inputs = window[:-1], targets =
@@ -20,7 +20,7 @@ lazily, so it pickles cheaply into DataLoader workers.
 
 `read_manifest` checks TOKENS before anything is read from it: a missing directory, a refine run
 directory, a damaged manifest or shard file is a TokensError (a ConfigError) that names it and
-the `python -m pretrain.tokenize` command that makes TOKENS.
+the `python -m pretrain.encode` command that makes TOKENS.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from pretrain.tokenize import FORMAT, MANIFEST, SPLITS
+from pretrain.encode import FORMAT, MANIFEST, SPLITS
 from refine.configfile import ConfigError  # = pretrain.config's, without importing torch
 
-MAKE_TOKENS = "python -m pretrain.tokenize --data RUN/data --tokenizer TOK --out TOKENS"
+MAKE_TOKENS = "python -m pretrain.encode --data RUN/data --tokenizer TOK --out TOKENS"
 REFINE_RUN_KIND = "refine-run"  # refine.run.KIND: the manifest.json of a refine run
 
 
@@ -44,7 +44,7 @@ class TokensError(ConfigError):
 
 
 def read_manifest(tokens_dir: Path) -> dict[str, Any]:
-    """TOKENS' manifest, checked to be `pretrain.tokenize`'s and to hold what is read from it
+    """TOKENS' manifest, checked to be `pretrain.encode`'s and to hold what is read from it
     (TokensError otherwise, naming the directory and the command that makes one)."""
     manifest = _load_manifest(tokens_dir)
     problem = _manifest_problem(manifest)
@@ -73,7 +73,7 @@ def _load_manifest(tokens_dir: Path) -> dict[str, Any]:
                           f"`{MAKE_TOKENS} --overwrite`") from None
     if isinstance(manifest, dict) and manifest.get("kind") == REFINE_RUN_KIND:
         raise TokensError(f"{tokens_dir} is a refine run directory, not token shards: make them "
-                          f"with `python -m pretrain.tokenize --data {tokens_dir / 'data'} "
+                          f"with `python -m pretrain.encode --data {tokens_dir / 'data'} "
                           "--tokenizer TOK --out TOKENS` and pass TOKENS")
     return manifest
 

@@ -231,7 +231,7 @@ def load_hf_model(path: str | Path) -> CausalLM:
 
 def _tokens_manifest(train_state: Mapping[str, Any]) -> tuple[Path | None, dict[str, Any]]:
     """The token manifest the checkpoint trained on (its path and content; {} if unreadable)."""
-    from pretrain.tokenize import MANIFEST
+    from pretrain.encode import MANIFEST
 
     if not train_state.get("tokens"):
         return None, {}
@@ -244,7 +244,7 @@ def _tokens_manifest(train_state: Mapping[str, Any]) -> tuple[Path | None, dict[
 
 def recorded_tokenizer(train_state: Mapping[str, Any], where: Path) -> Path:
     """The tokenizer directory a checkpoint's train_state.json names: pretrain.train's
-    --tokenizer, else the one its token manifest (TOKENS/manifest.json, pretrain.tokenize)
+    --tokenizer, else the one its token manifest (TOKENS/manifest.json, pretrain.encode)
     was made with. Both are recorded as absolute paths, so they hold from any working
     directory. The first that holds tokenizer.model wins, and must have the sha256 the
     manifest recorded. Raises FileNotFoundError or ValueError, naming --tokenizer, when none

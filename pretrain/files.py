@@ -32,7 +32,7 @@ Location = Path | str  # a local path, or the URL of a remote one (a str)
 
 
 def setup_logging(verbose: bool = True) -> None:
-    """Log lines like refine's CLI: `INFO pretrain.tokenize: ...` on stderr."""
+    """Log lines like refine's CLI: `INFO pretrain.encode: ...` on stderr."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
 

@@ -33,7 +33,8 @@ import os
 import sys
 
 if __package__ in (None, ""):  # a script (`deepspeed pretrain/train.py`): sys.path[0] is
-    # pretrain/, whose tokenize.py would shadow the standard library's; use the repo root
+    # pretrain/, whose modules (config, dataset, model, ...) would shadow any top-level modules
+    # of those names; use the repo root
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import argparse  # noqa: E402 (after the path fix above)
@@ -55,10 +56,10 @@ import torch
 
 from pretrain.config import ConfigError, PretrainConfig, TrainingConfig, load_config, parse
 from pretrain.dataset import MAKE_TOKENS, TokenDataset, TokensError, read_manifest
+from pretrain.encode import MANIFEST
 from pretrain.files import write_json
 from pretrain.host_memory import keep_freed_memory
 from pretrain.model import CausalLM, ModelConfig, compile_layers
-from pretrain.tokenize import MANIFEST
 
 log = logging.getLogger("pretrain.train")
 
@@ -102,7 +103,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--deepspeed_config", type=Path, required=True,
                         help="DeepSpeed JSON (configs/deepspeed/zeroN.json): ZeRO stage, bf16")
     parser.add_argument("--data", type=Path, required=True,
-                        help="TOKENS directory (python -m pretrain.tokenize)")
+                        help="TOKENS directory (python -m pretrain.encode)")
     parser.add_argument("--output", type=Path, required=True,
                         help="checkpoint directory (CKPT): checkpoints, latest, metrics.csv")
     parser.add_argument("--steps", type=int, default=None,

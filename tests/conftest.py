@@ -70,7 +70,7 @@ def tokenizer_dir(refine_run, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tokens_dir(local_ray, refine_run, tokenizer_dir, tmp_path_factory) -> Path:
-    from pretrain.tokenize import tokenize_run
+    from pretrain.encode import tokenize_run
 
     out = tmp_path_factory.mktemp("pretrain-tokens") / "tokens"
     tokenize_run(refine_run / "data", tokenizer_dir, out, val_fraction=VAL_FRACTION, workers=2)

@@ -28,8 +28,8 @@ from pretrain.ablate.variants import (
     training_rows,
 )
 from pretrain.codec import LosslessTokenizer
+from pretrain.encode import is_validation
 from pretrain.model import CausalLM, ModelConfig
-from pretrain.tokenize import is_validation
 from refine.config import load_config
 from refine.report.ablation import html_section, markdown_table, svg_plot
 from refine.rundir import RunDir
@@ -187,7 +187,7 @@ def test_budget_from_tokens_repeats_small_variants():
 
 
 def write_tokens(directory: Path, count: int, vocab: int, seed: int) -> Path:
-    """A TOKENS directory (pretrain.tokenize's layout) with one train shard."""
+    """A TOKENS directory (pretrain.encode's layout) with one train shard."""
     tokens = np.random.default_rng(seed).integers(3, vocab, size=count).astype("<u2")
     (directory / "train").mkdir(parents=True)
     tokens.tofile(directory / "train" / "s.bin")

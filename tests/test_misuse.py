@@ -89,7 +89,7 @@ def test_a_killed_writers_lease_is_taken_over_by_resume(refine_run, tmp_path):
 
 
 def test_overwrite_deletes_only_a_refine_run(tmp_path):
-    tokens = tmp_path / "tokens"  # as `pretrain.tokenize` leaves it
+    tokens = tmp_path / "tokens"  # as `pretrain.encode` leaves it
     (tokens / "train").mkdir(parents=True)
     (tokens / "val").mkdir()
     (tokens / "train" / "shard-00000.bin").write_bytes(b"\0" * 64)

@@ -1,4 +1,4 @@
-"""Pretraining from a run in a bucket: `pretrain.tokenizer` and `pretrain.tokenize` read the run's
+"""Pretraining from a run in a bucket: `pretrain.tokenizer` and `pretrain.encode` read the run's
 data/ (and its manifest) from a real S3-compatible HTTP server (moto's, on 127.0.0.1) and write
 local or remote outputs that are byte for byte what the same commands make from a local run."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pretrain.tokenize import MANIFEST, SPLITS
+from pretrain.encode import MANIFEST, SPLITS
 from pretrain.tokenizer import META_FILE, MODEL_FILE, VOCAB_FILE
 
 from .pretrain_data import VAL_FRACTION, VOCAB_SIZE

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from pretrain.config import ConfigError
+from pretrain.encode import FORMAT, MANIFEST
 from pretrain.export import EOS_ID
 from pretrain.finetune_data import Example, read_classify, read_labelled, read_sft, read_text
-from pretrain.tokenize import FORMAT, MANIFEST
 
 from .pretrain_data import news_sft
 
@@ -29,7 +29,7 @@ NEWS = DATA / "text" / "lee-news-background.txt"
 TINY = ROOT / "configs" / "pretrain" / "tiny.yaml"
 ZERO1 = ROOT / "configs" / "deepspeed" / "zero1.json"
 BOM = b"\xef\xbb\xbf"
-MAKE_TOKENS = "python -m pretrain.tokenize --data"
+MAKE_TOKENS = "python -m pretrain.encode --data"
 
 
 def run(*args: str | Path) -> subprocess.CompletedProcess:
@@ -70,7 +70,7 @@ def refine_run_dir(path: Path) -> Path:
 
 
 def token_dir(path: Path, count: int = 1000, vocab: int = 300) -> Path:
-    """A TOKENS directory in pretrain.tokenize's layout: one shard, train and val."""
+    """A TOKENS directory in pretrain.encode's layout: one shard, train and val."""
     manifest = {"format": FORMAT, "dtype": "uint16", "byte_order": "little", "eos_id": 2,
                 "vocab_size": vocab, "shards": []}
     tokens = np.random.default_rng(0).integers(3, vocab, size=count).astype("<u2")

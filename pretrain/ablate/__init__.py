@@ -175,8 +175,8 @@ def _ablate(config: Any, inputs: list[str], out_dir: RunDir, quick: bool, seeds:
     from pretrain.ablate.trainer import train_variant
     from pretrain.codec import LosslessTokenizer
     from pretrain.config import TrainingConfig, parse
+    from pretrain.encode import tokenize_run
     from pretrain.model import ModelConfig
-    from pretrain.tokenize import tokenize_run
     from pretrain.tokenizer import MODEL_FILE, TrainerOptions, train_tokenizer
     from refine.report import build_report
     from refine.report.ablation import summarize

@@ -5,7 +5,7 @@
           / sum of the documents' UTF-8 bytes
 
 Every document is evaluated on its own (no context from another document): its token ids are
-preceded by EOS, the token that separates documents in the training stream (pretrain.tokenize
+preceded by EOS, the token that separates documents in the training stream (pretrain.encode
 puts EOS after each document and no BOS), so the first token of the text is predicted the way
 training saw document starts. Every token of the text is a target exactly once; the closing EOS
 is not scored (it encodes no byte of the text).

@@ -11,7 +11,7 @@ Two refine passes, one extraction:
    `run/filtered/` (after stages 5-7) is the **filtered** variant, `run/data/` (after dedup
    8-10) the **refined** one.
 
-Held out: refined documents whose id hashes (pretrain.tokenize.is_validation, the same hash as
+Held out: refined documents whose id hashes (pretrain.encode.is_validation, the same hash as
 the pretraining validation split) below `heldout_fraction`. They are removed from every
 variant's training set, and so is every document that
 
@@ -34,7 +34,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pretrain.tokenize import is_validation
+from pretrain.encode import is_validation
 from refine.config import OPTIONAL_SECTIONS, RunConfig, parse_config
 from refine.dedup.fuzzy import url_key
 from refine.rundir import REJECTED, RunDir

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from pretrain.tokenize import (
+from pretrain.encode import (
     MANIFEST,
     SPLITS,
     is_validation,
@@ -136,7 +136,7 @@ def test_uint32_shards_hold_the_same_tokens(local_ray, refine_run, tokenizer_dir
 
 
 def test_cli_help_explains():
-    result = subprocess.run([sys.executable, "-m", "pretrain.tokenize", "--help"], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "pretrain.encode", "--help"], cwd=ROOT,
                             capture_output=True, text=True, check=True)
     for flag in ("--data", "--tokenizer", "--out", "--address", "--val-fraction", "--workers"):
         assert flag in result.stdout
@@ -147,7 +147,7 @@ def test_cli_joins_a_running_ray_with_address(local_ray, refine_run, tokenizer_d
                                               tokens_dir, tmp_path):
     address = local_ray.get_runtime_context().gcs_address
     out = tmp_path / "cli"
-    subprocess.run([sys.executable, "-m", "pretrain.tokenize", "--data", str(refine_run / "data"),
+    subprocess.run([sys.executable, "-m", "pretrain.encode", "--data", str(refine_run / "data"),
                     "--tokenizer", str(tokenizer_dir), "--out", str(out), "--val-fraction",
                     str(VAL_FRACTION), "--address", address, "--quiet"], cwd=ROOT, check=True)
     assert all_files(out) == all_files(tokens_dir)

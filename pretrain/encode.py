@@ -1,6 +1,6 @@
 """Encode a refine run's `data/` into flat token shards, in parallel on Ray.
 
-    python -m pretrain.tokenize --data RUN/data --tokenizer TOK --out TOKENS [--address ADDR]
+    python -m pretrain.encode --data RUN/data --tokenizer TOK --out TOKENS [--address ADDR]
 
 Work is partitioned by input Parquet file: one job per file, run on a pool of Ray actors that
 each load the SentencePiece model once. Each job streams its file in record batches, encodes
@@ -72,7 +72,7 @@ from pretrain.files import (
 )
 from pretrain.tokenizer import MODEL_FILE, load_metadata
 
-log = logging.getLogger("pretrain.tokenize")
+log = logging.getLogger("pretrain.encode")
 
 FORMAT = "pretrain-tokens/1"
 MANIFEST = "manifest.json"
@@ -360,7 +360,7 @@ def tokenize_run(data_dir: Location, tokenizer_dir: Location, out_dir: Location,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m pretrain.tokenize",
+        prog="python -m pretrain.encode",
         description="Encode a refine run's kept documents into flat token shards (EOS after "
                     "each document) on Ray, one job per Parquet file, with a stable train/"
                     "validation split by document id. Writes TOKENS/{train,val}/*.bin, "
