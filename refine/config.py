@@ -17,6 +17,7 @@ from refine.filters.classifier import ClassifierConfig
 from refine.filters.fineweb import FineWebQualityConfig
 from refine.filters.language import LanguageConfig
 from refine.filters.lines import LineCorrectionConfig
+from refine.filters.pii import PIIConfig
 from refine.filters.quality import QualityConfig
 from refine.filters.repetition import RepetitionConfig
 from refine.filters.url import URLFilterConfig
@@ -24,7 +25,7 @@ from refine.filters.url import URLFilterConfig
 MiB = 1 << 20
 # Stages added after RefinedWeb's (off by default). A config that leaves one at its defaults hashes
 # as if the stage did not exist, so adding it changed no earlier run's hash (runs stay resumable).
-OPTIONAL_SECTIONS = ("c4", "fineweb", "classifier")
+OPTIONAL_SECTIONS = ("c4", "fineweb", "classifier", "pii")
 
 
 class ReadConfig(BaseModel):
@@ -57,13 +58,19 @@ class RunConfig(BaseModel):
     lines: LineCorrectionConfig = Field(default_factory=LineCorrectionConfig)
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
+    pii: PIIConfig = Field(default_factory=PIIConfig)  # after dedup, on the text written
     output: OutputConfig = Field(default_factory=OutputConfig)
+    # per-language overrides of the filters after language ID (refine.languages): code -> section
+    # -> {key: value}
+    languages: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
 
     def canonical_json(self) -> str:
         data = self.model_dump(mode="json")
         for name in OPTIONAL_SECTIONS:  # left at their defaults (off): as if they did not exist
             if getattr(self, name) == type(getattr(self, name))():
                 del data[name]
+        if not self.languages:  # none: hashes as before per-language settings existed
+            del data["languages"]
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @property
@@ -76,7 +83,12 @@ def parse_config(data: Any, source: str = "config") -> RunConfig:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of stage names to settings")
-    return parse(RunConfig, data, source)
+    config = parse(RunConfig, data, source)
+    if config.languages:  # checked against the sections they override
+        from refine.languages import validate
+
+        config = config.model_copy(update={"languages": validate(config, source)})
+    return config
 
 
 def load_config(path: str | Path) -> RunConfig:

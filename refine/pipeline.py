@@ -26,9 +26,12 @@ from refine.filters.classifier import ClassifierFilter
 from refine.filters.fineweb import FineWebQualityFilter
 from refine.filters.language import LanguageFilter
 from refine.filters.lines import LineCorrectionFilter
+from refine.filters.pii import STAGE as PII
+from refine.filters.pii import anonymise_counted
 from refine.filters.quality import QualityFilter
 from refine.filters.repetition import RepetitionFilter
 from refine.filters.url import URLFilter
+from refine.languages import language_chains
 from refine.readers import SourceRecord, Unit, read_unit
 from refine.rundir import DATA, FILTERED, PARTS, REJECTED, RunDir, as_run_dir
 from refine.sandbox import OK, ExtractionSandbox
@@ -86,8 +89,12 @@ class UnitProcessor:
         self.sandbox.start()  # the child imports trafilatura while we load the other models
         self.url_filter = URLFilter(config.url).load() if config.url.enabled else None
         self.text_filters = build_text_filters(config)
+        # languages with their own settings: a chain each, the same stages (refine.languages)
+        self.language_filters = language_chains(config, self.text_filters)
         # with dedup, stages 1-7 write to filtered/ and the dedup stages write data/ from it
         self.kept_dir = FILTERED if config.dedup.enabled else DATA
+        # PII goes from the text written: here without dedup, else in dedup's rewrite
+        self.pii = config.pii if config.pii.enabled and not config.dedup.enabled else None
 
     def close(self) -> None:
         self.sandbox.close()
@@ -101,7 +108,8 @@ class UnitProcessor:
                            out.compression)
         rejected = ShardWriter(self.run_dir, REJECTED, unit.id, REJECTED_SCHEMA,
                                out.shard_bytes, out.compression)
-        stats = UnitStats(unit.id, unit.path, [name for name, _ in self.text_filters])
+        stats = UnitStats(unit.id, unit.path, [name for name, _ in self.text_filters]
+                          + ([PII] if self.pii else []))
         batch: list[SourceRecord] = []
         batch_chars = 0
         clock = time.thread_time()
@@ -139,8 +147,12 @@ class UnitProcessor:
         outcomes = [_Outcome(record.doc) for record in records]
         live = [out for record, out in zip(records, outcomes, strict=True)
                 if self._read_and_extract(record, out, stats)]
-        for stage, text_filter in self.text_filters:
-            live = [out for out in live if self._run(text_filter, stage, out, stats)]
+        chains = self.language_filters
+        for i, (stage, text_filter) in enumerate(self.text_filters):
+            # each document by its language's filter (language ID, first, sets it)
+            live = [out for out in live if self._run(
+                chains[out.doc.language][i][1] if out.doc.language in chains else text_filter,
+                stage, out, stats)]
         for out in live:
             self._keep(out, stats)
         for out in outcomes:  # in record order
@@ -172,6 +184,9 @@ class UnitProcessor:
 
     def _keep(self, out: _Outcome, stats: UnitStats) -> None:
         doc = out.doc
+        if self.pii is not None:
+            doc.text, found = anonymise_counted(doc.text, self.pii, stats.stages[PII])
+            doc.metrics.update(found)
         write = stats.stages["write"]
         write["in"] += 1
         write["out"] += 1

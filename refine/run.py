@@ -212,7 +212,8 @@ def _run_leased(config: RunConfig, files: list[tuple[str, int]], units: list[Uni
         else:
             dedup = run_dedup(run_dir, config.dedup, config.output.rejected_text_chars,
                               config.output.compression,
-                              _step_mapper(workers, address, on_step))
+                              _step_mapper(workers, address, on_step),
+                              config.pii if config.pii.enabled else None)
     lease.check()
     stats = merge(load_parts(run_dir), dict(units_per_input), dedup)
     check_run(run_dir, stats)  # accounting_ok: every input complete, counts and rows agree

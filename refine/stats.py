@@ -11,20 +11,21 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from refine.filters import c4, classifier, fineweb
+from refine.filters import c4, classifier, fineweb, pii
 from refine.rundir import PARTS, RunDir
 
 # Per-document stages in run order. The optional ones (off by default) are counted only by runs
 # that enable them, so a run without them writes the same statistics as before they existed.
-# FineWeb's: after Gopher quality, as FineWeb has them; the trained classifier: after the lines.
-OPTIONAL_STAGES = (c4.STAGE, fineweb.STAGE, classifier.STAGE)
+# FineWeb's: after Gopher quality, as FineWeb has them; the trained classifier: after the lines;
+# PII anonymisation: on the text written (after dedup when the run dedups).
+OPTIONAL_STAGES = (c4.STAGE, fineweb.STAGE, classifier.STAGE, pii.STAGE)
 DOCUMENT_STAGES = ("read", "url", "extract", "language", "repetition", "quality",
-                   c4.STAGE, fineweb.STAGE, "lines", classifier.STAGE, "write")
+                   c4.STAGE, fineweb.STAGE, "lines", classifier.STAGE, pii.STAGE, "write")
 STAGES = tuple(name for name in DOCUMENT_STAGES if name not in OPTIONAL_STAGES)  # always counted
 # Whole-run stages, after "lines", in the order they are applied: URL dedup is decided before exact
 # substrings, so that a passage is only ever cut in favour of a document that stays kept.
 DEDUP_STAGES = ("fuzzy_dedup", "url_dedup", "exact_dedup")
-ORDER = DOCUMENT_STAGES[:-1] + DEDUP_STAGES + DOCUMENT_STAGES[-1:]  # every stage, in run order
+ORDER = DOCUMENT_STAGES[:-2] + DEDUP_STAGES + DOCUMENT_STAGES[-2:]  # every stage, in run order
 
 
 def new_stage() -> dict[str, Any]:
@@ -86,8 +87,9 @@ def merge(parts: list[dict[str, Any]], units_per_input: dict[str, int],
     for part in parts:
         for name, stage in part["stages"].items():
             total = stages.setdefault(name, new_stage())
-            for key in ("in", "out", "cpu_s", "bytes_in", "bytes_out"):
-                total[key] += stage[key]
+            for key, value in stage.items():  # the counters, and a stage's own (pii: emails)
+                if key != "rejected":
+                    total[key] = total.get(key, 0) + value
             for reason, count in stage["rejected"].items():
                 total["rejected"][reason] = total["rejected"].get(reason, 0) + count
         entry = inputs.setdefault(part["input"], _new_input(0))

@@ -298,6 +298,7 @@ def test_presets_refinedweb_is_the_default_and_fineweb_differs_in_dedup_and_its_
     # C4's filters as FineWeb ran them (all but the terminal-punctuation rule), FineWeb's own
     assert fineweb.c4 == C4Config(enabled=True, filter_no_terminal_punct=False)
     assert fineweb.fineweb == FineWebQualityConfig(enabled=True)
+    assert fineweb.pii.enabled and not refinedweb.pii.enabled  # FineWeb anonymises, as datatrove
     same = fineweb.model_dump(exclude={"name", "dedup", *OPTIONAL_SECTIONS})
     assert same == refinedweb.model_dump(exclude={"name", "dedup", *OPTIONAL_SECTIONS})
 

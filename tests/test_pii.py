@@ -102,8 +102,8 @@ def test_deterministic_and_fast_on_long_text():
 
 
 def test_hook_in_the_dedup_rewrite_anonymises_only_the_kept_text(tmp_path):
-    """The hook in refine.dedup.rewrite (not yet set by the dedup stage): kept rows are
-    anonymised after dedup and count what was replaced; rejected rows are not touched."""
+    """refine.dedup.rewrite: kept rows are anonymised after dedup and count what was replaced;
+    rejected rows are not touched."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -133,7 +133,66 @@ def test_hook_in_the_dedup_rewrite_anonymises_only_the_kept_text(tmp_path):
     dropped = [r for f in (tmp_path / "run" / REJECTED).glob("*.parquet")
                for r in pq.read_table(f).to_pylist()]
     assert [r["text"] for r in dropped] == [texts[1]]
-    # without the setting (every run today), the rewrite is as before
+    # without the setting, the rewrite is as before
     rewrite_shard(source, run, ShardEdits(), 2000, "zstd")
     kept = pq.read_table(tmp_path / "run" / DATA / "unit-0.parquet").to_pylist()
     assert [r["text"] for r in kept] == texts
+
+
+def _pii_docs() -> list[dict]:
+    filler = " ".join(f"word{i}" for i in range(60))
+    return [
+        {"id": "a", "url": "https://example.org/a",
+         "text": f"Write to Jane.Doe@Mail.example.com or ping 8.8.4.4 today. {filler}"},
+        {"id": "b", "url": "https://example.org/b",
+         "text": f"Our router is 192.168.1.1 and nothing else is here. {filler} b"},
+        {"id": "c", "url": "https://example.org/c",  # a near copy of a, shorter: removed
+         "text": f"Write to Jane.Doe@Mail.example.com or ping 8.8.4.4 today. {filler[:-7]}"},
+    ]
+
+
+@pytest.mark.parametrize("dedup", [True, False], ids=["after-dedup", "no-dedup"])
+def test_a_run_anonymises_what_it_writes_and_counts_it(local_ray, tmp_path, dedup):
+    import json
+
+    import pyarrow.parquet as pq
+
+    from refine.config import parse_config
+    from refine.run import run
+    from refine.shards import metrics_dict
+
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps(d) + "\n" for d in _pii_docs()))
+    off = {name: {"enabled": False} for name in ("url", "language", "repetition", "quality",
+                                                 "lines")}
+    settings = {"name": "pii-test", **off, "dedup": {"exact": {"enabled": False}}}
+    if not dedup:
+        settings["dedup"] = {step: {"enabled": False} for step in ("fuzzy", "exact", "urls")}
+    with_pii = parse_config({**settings, "pii": {"enabled": True}})
+    result = run(with_pii, [str(source)], tmp_path / "run", workers=1)
+    kept = {r["id"]: r for f in sorted((result.run_dir / "data").glob("*.parquet"))
+            for r in pq.read_table(f).to_pylist()}
+    assert set(kept) == ({"a", "b"} if dedup else {"a", "b", "c"})
+    assert kept["a"]["text"].startswith(f"Write to {EMAIL_PLACEHOLDER} or ping ")
+    assert "8.8.4.4" not in kept["a"]["text"] and "192.168.1.1" in kept["b"]["text"]
+    assert metrics_dict(kept["a"]["metrics"])["pii.emails"] == 1.0
+    assert metrics_dict(kept["b"]["metrics"])["pii.ips"] == 0.0
+    stats = json.loads((result.run_dir / "stats.json").read_text())
+    stage = stats["stages"]["pii"]
+    assert (stage["in"], stage["out"], stage["rejected"]) == (len(kept), len(kept), {})
+    assert (stage["emails"], stage["ips"]) == (len(kept) - 1, len(kept) - 1)
+    assert stage["documents_changed"] == len(kept) - 1
+    from refine.stats import ORDER
+
+    assert ORDER[-2:] == ("pii", "write") and ORDER.index("exact_dedup") < ORDER.index("pii")
+    if dedup:
+        rejected = [r for f in (result.run_dir / "rejected").glob("*.parquet")
+                    for r in pq.read_table(f).to_pylist()]
+        assert [r["id"] for r in rejected] == ["c"] and "Jane.Doe@" in rejected[0]["text"]
+    # off (the default): nothing replaced, no pii stage, no pii metrics
+    plain = run(parse_config(settings), [str(source)], tmp_path / "plain", workers=1)
+    texts = {r["id"]: r for f in (plain.run_dir / "data").glob("*.parquet")
+             for r in pq.read_table(f).to_pylist()}
+    assert "Jane.Doe@Mail.example.com" in texts["a"]["text"]
+    assert not any(k.startswith("pii.") for k in metrics_dict(texts["a"]["metrics"]))
+    assert "pii" not in json.loads((plain.run_dir / "stats.json").read_text())["stages"]

@@ -292,22 +292,34 @@ def _passes(check: Threshold, value: float | None, threshold: float) -> bool:
     return value >= threshold if check.direction == "min" else value <= threshold
 
 
+def _settings(run_dir: Path, stage: str, language: str | None) -> tuple[dict, set[str]]:
+    """The `stage` settings a document of `language` was judged by (the run's, with the
+    language's section of `languages` over them) and the keys that section sets."""
+    config = json.loads((run_dir / "manifest.json").read_text())["config"]
+    own = config.get("languages", {}).get(language or "", {}).get(stage, {})
+    return {**config[stage], **own}, set(own)
+
+
 def _expected_quality_kept(run_dir: Path, key: str, threshold: float) -> tuple[int, int]:
     """Independently of refine.report: documents (and words) the quality check `key` keeps at
-    `threshold`, by the page's documented rule, from the Parquet files."""
-    config = json.loads((run_dir / "manifest.json").read_text())["config"]["quality"]
+    `threshold`, by the page's documented rule, from the Parquet files (a document whose
+    language sets `key` itself is held at its language's value)."""
     check = next(c for c in QUALITY_CHECKS if c.config_key == key)
     docs = words = 0
     for row in _rows(run_dir, "data"):
-        if _passes(check, row["metrics"].get(check.metric), threshold):
+        config, own = _settings(run_dir, "quality", row["language"])
+        limit = config[key] if key in own else threshold
+        if _passes(check, row["metrics"].get(check.metric), limit):
             docs += 1
             words += row["token_count"]
     for row in _rows(run_dir, "rejected"):
         if row["stage"] != "quality":
             continue
+        config, own = _settings(run_dir, "quality", row["language"])
+        limit = config[key] if key in own else threshold
         others = all(_passes(c, row["metrics"].get(c.metric), config[c.config_key])
                      for c in QUALITY_CHECKS if c is not check)
-        if others and _passes(check, row["metrics"].get(check.metric), threshold):
+        if others and _passes(check, row["metrics"].get(check.metric), limit):
             docs += 1
             words += int(row["metrics"]["gopher_quality.n_words"])
     return docs, words

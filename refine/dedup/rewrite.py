@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from refine.dedup.exact import DuplicateSpan, cut_spans
 from refine.dedup.windows import spans_from_marks
-from refine.filters.pii import PIIConfig, anonymise, metrics
+from refine.filters.pii import PIIConfig, anonymise_counted
 from refine.rundir import DATA, REJECTED, SPANS, RunDir
 from refine.shards import (
     KEPT_SCHEMA,
@@ -47,9 +47,7 @@ class ShardEdits:
     min_chars: int = 20  # a document left shorter by its cuts is dropped
     fuzzy: bool = False  # fuzzy dedup ran: every kept row records its cluster size
     cluster_size: dict[int, int] = field(default_factory=dict)  # rows that survived a cluster
-    # PII HOOK (issue #21): anonymise the kept text after dedup. Nothing sets it yet: the config
-    # section and refine.dedup.stage / refine.run (and pipeline._keep without dedup) are to wire.
-    pii: PIIConfig | None = None
+    pii: PIIConfig | None = None  # anonymise the kept text, after every cut
 
 
 @dataclass
@@ -60,6 +58,7 @@ class RewriteResult:
     spans: int
     chars_cut: int
     documents_cut: int
+    pii: dict[str, float] = field(default_factory=dict)  # the pii stage's counters
 
 
 def _spans(text: str, edits: ShardEdits, index: int) -> list[tuple[DuplicateSpan, str]]:
@@ -80,6 +79,7 @@ def rewrite_shard(source: str, run: RunDir, edits: ShardEdits, rejected_text_cha
     span_rows: list[dict] = []
     counts: Counter[str] = Counter()
     chars_cut = 0
+    pii_stage: dict[str, float] = {}
     for index, row in enumerate(rows):
         spans = _spans(row["text"], edits, index) if index in edits.marks else []
         removal = edits.removals.get(index)
@@ -115,10 +115,9 @@ def rewrite_shard(source: str, run: RunDir, edits: ShardEdits, rejected_text_cha
         if edits.fuzzy:  # FineWeb-2's minhash_cluster_size: to upsample by it (rehydration)
             row["metrics"] = row["metrics"] + [
                 {"key": CLUSTER_SIZE, "value": float(edits.cluster_size.get(index, 1))}]
-        if edits.pii is not None:  # PII HOOK: after every cut, on the text that is written
-            row["text"], found = anonymise(row["text"], edits.pii)
-            row["metrics"] = row["metrics"] + [{"key": k, "value": v}
-                                               for k, v in metrics(found).items()]
+        if edits.pii is not None:  # after every cut, on the text that is written
+            row["text"], found = anonymise_counted(row["text"], edits.pii, pii_stage)
+            row["metrics"] = row["metrics"] + [{"key": k, "value": v} for k, v in found.items()]
         kept.append(row)
         kept_rows.append(index)
     if kept:
@@ -131,6 +130,7 @@ def rewrite_shard(source: str, run: RunDir, edits: ShardEdits, rejected_text_cha
         run.write_table(pa.Table.from_pylist(span_rows, schema=SPAN_SCHEMA),
                         run.path(SPANS, name), compression)
     documents_cut = len({r["id"] for r in span_rows})
-    result = RewriteResult(name, len(kept), counts, len(span_rows), chars_cut, documents_cut)
+    result = RewriteResult(name, len(kept), counts, len(span_rows), chars_cut, documents_cut,
+                           pii_stage)
     return result, np.array(kept_rows, dtype=np.int64), pa.array([r["id"] for r in kept],
                                                                   pa.string())

@@ -47,6 +47,8 @@ from refine.dedup.urls import (
     scatter_urls,
     write_url_set,
 )
+from refine.filters.pii import STAGE as PII
+from refine.filters.pii import PIIConfig
 from refine.rundir import (
     DATA,
     DEDUP_STATS,
@@ -112,10 +114,12 @@ def _scatter_urls(run: RunDir, shard: int, name: str, bits: int) -> int:
 
 
 def _rewrite(source: str, run: RunDir, shard: int, config: DedupConfig,
-             url_bits: int, rejected_text_chars: int, compression: str) -> RewriteResult:
+             url_bits: int, rejected_text_chars: int, compression: str,
+             pii: PIIConfig | None) -> RewriteResult:
     edits = shard_edits(run, DEDUP_WORK, shard, config.fuzzy.enabled, config.urls.enabled,
                         config.exact.enabled)
     edits.min_tokens, edits.min_chars = config.exact.min_tokens, config.exact.min_chars
+    edits.pii = pii
     result, kept_rows, kept_ids = rewrite_shard(source, run, edits, rejected_text_chars,
                                                 compression)
     if config.urls.enabled:
@@ -125,7 +129,9 @@ def _rewrite(source: str, run: RunDir, shard: int, config: DedupConfig,
 
 
 def run_dedup(run_dir: RunDir | str | Path, config: DedupConfig, rejected_text_chars: int,
-              compression: str, map_tasks: MapTasks) -> dict[str, Any]:
+              compression: str, map_tasks: MapTasks, pii: PIIConfig | None = None
+              ) -> dict[str, Any]:
+    """`pii`: anonymise the text written (refine.filters.pii), counted as a stage of its own."""
     started = time.monotonic()
     run_dir = as_run_dir(run_dir)
     _clear_outputs(run_dir)
@@ -177,7 +183,7 @@ def run_dedup(run_dir: RunDir | str | Path, config: DedupConfig, rejected_text_c
     map_tasks("dedup: ids of survivors and sources", answer_names,
               [(run_dir, DEDUP_WORK, i, path, len(shards)) for i, path in enumerate(shards)])
     rewritten: list[RewriteResult] = map_tasks("dedup: rewrite shards", _rewrite, [
-        (path, run_dir, i, config, url_bits, rejected_text_chars, compression)
+        (path, run_dir, i, config, url_bits, rejected_text_chars, compression, pii)
         for i, path in enumerate(shards)])
     if config.exact.enabled:
         stage = stages["exact_dedup"]
@@ -186,6 +192,11 @@ def run_dedup(run_dir: RunDir | str | Path, config: DedupConfig, rejected_text_c
                      chars_cut=sum(r.chars_cut for r in rewritten))
         log.info("exact substring dedup: %d spans cut from %d documents", stage["spans_cut"],
                  stage["documents_cut"])
+    if pii is not None:
+        stage = stages[PII] = _stage(0)  # counted by the rewrites
+        for result in rewritten:
+            for key, value in result.pii.items():
+                stage[key] = stage.get(key, 0) + value
     if config.urls.enabled:
         map_tasks("dedup: URL set", write_url_set, [(run_dir, DEDUP_WORK, url_bits)])
 

@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 
 from refine import accounting
 from refine.filters import c4, classifier, fineweb
+from refine.languages import config_dict_for
 from refine.report import whatif
 from refine.report.columns import metric_arrays, word_counts
 from refine.report.examples import Reservoir, highlights
@@ -165,11 +166,14 @@ def _scan_rejected(run: RunDir, config: dict[str, Any], keys: dict[str, list[str
         _count(by_file, file_codes, files)
         stage_values = np.asarray(stage.to_pylist(), dtype=object)
         reason_values = np.asarray(reason.to_pylist(), dtype=object)
+        lang_codes, langs = _codes(batch.column("language"))
+        language_values = np.asarray(langs or [""], dtype=object)[lang_codes]
         for name, stage_keys in keys.items():
             mask = stage_values == name
             if mask.any():
                 stage_rows[name].add(reason_values[mask], words[mask],
-                                     {k: metrics[k][mask] for k in stage_keys})
+                                     {k: metrics[k][mask] for k in stage_keys},
+                                     language_values[mask])
         language_mask = stage_values == "language"
         if language_mask.any():
             lang_codes, langs = _codes(batch.column("language").filter(pa.array(language_mask)))
@@ -197,7 +201,8 @@ def _example(row: dict[str, Any], stage: str, reason: str, config: dict[str, Any
     return {"id": row.get("id"), "url": row.get("url"), "language": row.get("language"),
             "duplicate_of": row.get("duplicate_of"), "text": text,
             "text_chars": row.get("text_chars") or len(text), "metrics": metrics,
-            "highlights": highlights(stage, reason, text, config)}
+            "highlights": highlights(stage, reason, text,
+                                     config_dict_for(config, row.get("language")))}
 
 
 def _scan_spans(run: RunDir, samples: int, seed: int) -> dict[str, Any]:
@@ -231,6 +236,7 @@ def _scan_kept(run: RunDir, keys: list[str], samples: int, seed: int,
     reservoir = Reservoir(samples, seed + 2)
     metric_parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     word_parts: list[np.ndarray] = []
+    language_parts: list[np.ndarray] = []
     by_file: Counter[str] = Counter()
     languages: Counter[str] = Counter()
     language_words: Counter[str] = Counter()
@@ -247,6 +253,7 @@ def _scan_kept(run: RunDir, keys: list[str], samples: int, seed: int,
         file_codes, files = _codes(batch.column("file_path"))
         _count(by_file, file_codes, files)
         lang_codes, langs = _codes(batch.column("language"))
+        language_parts.append(np.asarray(langs or [""], dtype=object)[lang_codes])
         _count(languages, lang_codes, langs)
         _count(language_words, lang_codes, langs, words.astype(np.float64))
         if len(wanted_array):
@@ -264,6 +271,8 @@ def _scan_kept(run: RunDir, keys: list[str], samples: int, seed: int,
     return {
         "metrics": {k: np.concatenate(v) if v else np.zeros(0) for k, v in metric_parts.items()},
         "words": np.concatenate(word_parts) if word_parts else np.zeros(0, dtype=np.int64),
+        "language": (np.concatenate(language_parts) if language_parts
+                     else np.array([], dtype=object)),  # per document, for the what-if
         "by_file": by_file, "languages": languages, "language_words": language_words,
         "samples": positions, "found": found,
     }
@@ -354,7 +363,8 @@ def collect(run: RunDir | str | Path, samples: int = 5, seed: int = 0) -> dict[s
                       "metrics": {}, "highlights": []} for r in kept_rows]
     kept_words = int(kept["words"].sum())
     started = time.monotonic()
-    whatifs = whatif.build(config, kept["metrics"], kept["words"], rejected["stage_rows"])
+    whatifs = whatif.build(config, kept["metrics"], kept["words"], rejected["stage_rows"],
+                           kept["language"])
     log.info("what-if tables: %d in %.1f s", len(whatifs), time.monotonic() - started)
     sizes = Counter(n + 1 for n in rejected["clusters"].values())
     verdict = accounting.check(stats, kept["by_file"], rejected["by_file"])

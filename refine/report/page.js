@@ -4,7 +4,8 @@
   var fmt = new Intl.NumberFormat("en-US");
 
   function kept(w, k) {
-    var docs = 0, words = 0, i;
+    // fixed_*: documents of other languages, held at their own thresholds (refine.languages)
+    var docs = w.fixed_docs || 0, words = w.fixed_words || 0, i;
     if (w.upper) {
       for (i = 0; i <= k; i++) { docs += w.docs[i]; words += w.words[i]; }
     } else {

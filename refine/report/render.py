@@ -226,17 +226,24 @@ def _whatifs(data: dict[str, Any]) -> str:
             out.append(f"<h3>{_e(stage)}</h3>")
         svg, bin_w = _histogram(w)
         sign = {"min": "≥", "max": "≤", "above": ">", "below": "<"}[w["direction"]]
-        notes = [f"{_n(w['eligible'])} documents counted"]
+        lang = w.get("language")
+        notes = [f"{_n(w['eligible'])} documents counted"
+                 + (f" (language {_e(lang)})" if lang else "")]
+        if w.get("fixed_docs"):
+            notes.append(f"{_n(w['fixed_docs'])} documents judged by another threshold (other "
+                         "languages' settings) pass it and count as kept")
         if w["other_checks_failed"]:
             notes.append(f"{_n(w['other_checks_failed'])} dropped at this stage are not counted: "
                          "they fail another of its checks (or lack one of its metrics)")
         if w["missing"]:
             notes.append(f"{_n(w['missing'])} lack the metric and are not counted")
         out.append(
-            f'<div class="card whatif" id="whatif-{_e(w["stage"])}-{_e(w["config_key"])}" '
+            f'<div class="card whatif" id="whatif-{_e(w["stage"])}-{_e(w["config_key"])}'
+            f'{"-" + _e(lang) if lang else ""}" '
             f'data-index="{index}" data-bin-width="{bin_w!r}" data-metric="{_e(w["metric"])}" '
             f'data-config-key="{_e(w["config_key"])}" data-stage="{_e(w["stage"])}">'
-            f'<b>{_e(w["stage"])}.{_e(w["config_key"])}</b> — keep when '
+            f'<b>{"languages." + _e(lang) + "." if lang else ""}{_e(w["stage"])}.'
+            f'{_e(w["config_key"])}</b> — keep when '
             f'<code>{_e(w["metric"])}</code> {_e(sign)} threshold (reason <code>{_e(w["reason"])}'
             f"</code>); run's value {w['threshold']:.6g}"
             f"{svg}<div class=\"controls\"><label>threshold <input type=\"range\" min=\"0\" "

@@ -7,6 +7,13 @@ the stages after S (they never ran there). At the run's threshold, kept(t) is th
 count. Everything is computed from the metrics stored in data/ and rejected/, binned per check:
 bin edges include the run's threshold, and the control moves over the edges, so the counts are
 exact at every value it offers.
+
+With per-language settings (`languages` in the config, refine.languages) every document is
+judged by its own language's thresholds. A check then has one control for the top-level
+threshold (the documents of languages that do not override it) and one per language that does;
+each control moves its group's threshold and holds the other documents at their own
+(`fixed_docs` / `fixed_words`: those of them that pass), so at the run's settings every control
+shows the run's kept count.
 """
 
 from __future__ import annotations
@@ -45,10 +52,14 @@ class StageRows:
     reasons: list[np.ndarray] = field(default_factory=list)
     words: list[np.ndarray] = field(default_factory=list)
     metrics: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    languages: list[np.ndarray] = field(default_factory=list)
 
-    def add(self, reasons: np.ndarray, words: np.ndarray, metrics: dict[str, np.ndarray]) -> None:
+    def add(self, reasons: np.ndarray, words: np.ndarray, metrics: dict[str, np.ndarray],
+            languages: np.ndarray | None = None) -> None:
         self.reasons.append(reasons)
         self.words.append(words)
+        self.languages.append(np.full(len(reasons), "", dtype=object) if languages is None
+                              else languages)
         for key, values in metrics.items():
             self.metrics.setdefault(key, []).append(values)
 
@@ -58,6 +69,9 @@ class StageRows:
         metrics = {k: np.concatenate(self.metrics[k]) if self.metrics.get(k) else
                    np.full(len(reasons), np.nan) for k in keys}
         return reasons, words, metrics
+
+    def language_array(self) -> np.ndarray:
+        return np.concatenate(self.languages) if self.languages else np.array([], dtype=object)
 
 
 def metric_keys(config: dict[str, Any]) -> dict[str, list[str]]:
@@ -111,38 +125,79 @@ def kept_at(check: Threshold, docs: np.ndarray, edge: int) -> int:
     return int(docs[: edge + 1].sum() if UPPER[check.direction] else docs[edge + 1 :].sum())
 
 
+def overrides(config: dict[str, Any], stage: str, key: str) -> dict[str, float]:
+    """Languages that set `stage.key` themselves: lang -> their threshold (a control of its own,
+    even at the run's value: moving the top-level threshold would not move theirs)."""
+    out = {}
+    for lang, sections in (config.get("languages") or {}).items():
+        value = (sections.get(stage) or {}).get(key)
+        if value is not None:
+            out[lang] = float(value)
+    return out
+
+
+def thresholds(config: dict[str, Any], stage: str, key: str, languages: np.ndarray) -> np.ndarray:
+    """Each document's threshold for `stage.key`: its language's, else the run's."""
+    out = np.full(len(languages), float(config[stage][key]))
+    for lang, value in overrides(config, stage, key).items():
+        out[languages == lang] = value
+    return out
+
+
 def build(config: dict[str, Any], kept_metrics: dict[str, np.ndarray], kept_words: np.ndarray,
-          rejected: dict[str, StageRows]) -> list[dict[str, Any]]:
+          rejected: dict[str, StageRows],
+          kept_languages: np.ndarray | None = None) -> list[dict[str, Any]]:
+    if kept_languages is None:
+        kept_languages = np.full(len(kept_words), "", dtype=object)
     out = []
     for stage, keys in metric_keys(config).items():
         checks = STAGE_THRESHOLDS[stage]
-        current = [float(config[stage][c.config_key]) for c in checks]
-        reasons, words, metrics = rejected.get(stage, StageRows()).arrays(keys)
+        rows = rejected.get(stage, StageRows())
+        reasons, words, metrics = rows.arrays(keys)
+        languages = rows.language_array()
         stage_reasons = np.isin(reasons, [c.reason for c in checks])
-        ok = [passes(c, metrics[c.metric], t) for c, t in zip(checks, current, strict=True)]
+        # every check at each document's own (its language's) threshold
+        limits = [thresholds(config, stage, c.config_key, languages) for c in checks]
+        ok = [passes(c, metrics[c.metric], t) for c, t in zip(checks, limits, strict=True)]
         every = np.logical_and.reduce(ok) if ok else np.ones(len(reasons), dtype=bool)
         inconsistent = int((stage_reasons & every).sum())  # dropped, yet metrics pass all checks
         for i, check in enumerate(checks):
             others = np.logical_and.reduce([ok[j] for j in range(len(checks)) if j != i]) \
                 if len(checks) > 1 else np.ones(len(reasons), dtype=bool)
             chosen = stage_reasons & others
-            values = np.concatenate([kept_metrics[check.metric], metrics[check.metric][chosen]])
-            doc_words = np.concatenate([kept_words, words[chosen]])
-            missing = np.isnan(values)
-            values, doc_words = values[~missing], doc_words[~missing]
+            all_values = np.concatenate([kept_metrics[check.metric], metrics[check.metric][chosen]])
+            all_words = np.concatenate([kept_words, words[chosen]])
+            all_languages = np.concatenate([kept_languages, languages[chosen]])
+            own = thresholds(config, stage, check.config_key, all_languages)
             unknown = int((stage_reasons & ~others).sum())  # fail another check of the stage
-            edges = bin_edges(values, current[i], check.integer)
-            docs, word_bins = histogram(check, values, doc_words, edges)
-            edge = int(np.searchsorted(edges, current[i]))
-            out.append({
-                "stage": stage, "metric": check.metric, "config_key": check.config_key,
-                "direction": check.direction, "upper": UPPER[check.direction],
-                "reason": check.reason, "threshold": current[i],
-                "threshold_index": edge, "edges": edges.tolist(), "docs": docs.tolist(),
-                "words": word_bins.tolist(), "eligible": int(len(values)),
-                "missing": int(missing.sum()), "other_checks_failed": unknown,
-                "inconsistent": inconsistent, "kept_now": kept_at(check, docs, edge),
-                "kept_words_now": int(word_bins[: edge + 1].sum() if UPPER[check.direction]
-                                      else word_bins[edge + 1 :].sum()),
-            })
+            special = overrides(config, stage, check.config_key)
+            groups: list[tuple[str | None, float, np.ndarray]] = [
+                (None, float(config[stage][check.config_key]),
+                 ~np.isin(all_languages, list(special)))]
+            groups += [(lang, value, all_languages == lang)
+                       for lang, value in sorted(special.items())]
+            for lang, current, member in groups:
+                # the other groups' documents, held at their own thresholds: those that pass
+                held = ~member & passes(check, all_values, own)
+                fixed_docs, fixed_words = int(held.sum()), int(all_words[held].sum())
+                values, doc_words = all_values[member], all_words[member]
+                missing = np.isnan(values)
+                values, doc_words = values[~missing], doc_words[~missing]
+                edges = bin_edges(values, current, check.integer)
+                docs, word_bins = histogram(check, values, doc_words, edges)
+                edge = int(np.searchsorted(edges, current))
+                out.append({
+                    "stage": stage, "metric": check.metric, "config_key": check.config_key,
+                    "language": lang, "direction": check.direction,
+                    "upper": UPPER[check.direction], "reason": check.reason,
+                    "threshold": current, "threshold_index": edge, "edges": edges.tolist(),
+                    "docs": docs.tolist(), "words": word_bins.tolist(),
+                    "eligible": int(len(values)), "missing": int(missing.sum()),
+                    "other_checks_failed": unknown, "inconsistent": inconsistent,
+                    "fixed_docs": fixed_docs, "fixed_words": fixed_words,
+                    "kept_now": kept_at(check, docs, edge) + fixed_docs,
+                    "kept_words_now": fixed_words + int(
+                        word_bins[: edge + 1].sum() if UPPER[check.direction]
+                        else word_bins[edge + 1 :].sum()),
+                })
     return out
