@@ -5,7 +5,7 @@ no bias); the logits of the rightmost token that is not pad_token_id (transforme
 examples end with EOS). Its state dict is a LlamaForSequenceClassification checkpoint:
 `save_classifier(...)` writes config.json (architectures, num_labels, pad_token_id, id2label),
 model.safetensors and the tokenizer files. `classification_metrics` gives accuracy, F1 of the
-positive class and the majority-class baseline.
+positive class, macro-F1 and the majority-class baseline.
 """
 
 from __future__ import annotations
@@ -94,20 +94,32 @@ def save_classifier(state_dict: Mapping[str, Tensor], config: ModelConfig, num_l
 
 
 def classification_metrics(predictions: Sequence[int], labels: Sequence[int],
-                           majority_class: int, positive: int = 1) -> dict[str, Any]:
-    """Accuracy and F1 (of `positive`) of the predictions and of always predicting the
-    majority class (of the training labels)."""
-    def scores(predicted: Sequence[int]) -> tuple[float, float]:
+                           majority_class: int, positive: int = 1,
+                           num_labels: int | None = None) -> dict[str, Any]:
+    """Accuracy, F1 (of `positive`) and macro-F1 of the predictions and of always predicting the
+    majority class (of the training labels).
+
+    Macro-F1 is the unweighted mean of the per-class F1 over the classes 0 .. num_labels - 1
+    (default: every class seen among the labels and predictions, and `positive`); a class
+    never predicted nor present scores F1 0, as in scikit-learn's f1_score(average="macro",
+    labels=range(num_labels), zero_division=0)."""
+    if num_labels is None:
+        num_labels = max([*labels, *predictions, positive, majority_class]) + 1
+
+    def f1_of(pairs: list[tuple[int, int]], cls: int) -> float:
+        tp = sum(p == cls and y == cls for p, y in pairs)
+        fp = sum(p == cls and y != cls for p, y in pairs)
+        fn = sum(p != cls and y == cls for p, y in pairs)
+        return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+
+    def scores(predicted: Sequence[int]) -> tuple[float, float, float]:
         pairs = list(zip(predicted, labels, strict=True))
         accuracy = sum(p == y for p, y in pairs) / len(pairs)
-        tp = sum(p == positive and y == positive for p, y in pairs)
-        fp = sum(p == positive and y != positive for p, y in pairs)
-        fn = sum(p != positive and y == positive for p, y in pairs)
-        f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
-        return accuracy, f1
+        macro = sum(f1_of(pairs, cls) for cls in range(num_labels)) / num_labels
+        return accuracy, f1_of(pairs, positive), macro
 
-    accuracy, f1 = scores(predictions)
-    base_accuracy, base_f1 = scores([majority_class] * len(labels))
-    return {"examples": len(labels), "accuracy": accuracy, "f1": f1,
+    accuracy, f1, macro_f1 = scores(predictions)
+    base_accuracy, base_f1, base_macro_f1 = scores([majority_class] * len(labels))
+    return {"examples": len(labels), "accuracy": accuracy, "f1": f1, "macro_f1": macro_f1,
             "majority_class": majority_class, "majority_accuracy": base_accuracy,
-            "majority_f1": base_f1}
+            "majority_f1": base_f1, "majority_macro_f1": base_macro_f1}

@@ -31,6 +31,7 @@ from pretrain.finetune_data import (
 from pretrain.model import IGNORE_INDEX, CausalLM, ModelConfig, next_token_loss
 
 from .pretrain_data import news_sft
+from .tiny_lm import news_tokenizer, tiny_export
 
 pytest.importorskip("deepspeed")
 
@@ -160,10 +161,82 @@ def test_classification_metrics_and_majority_baseline():
     assert metrics["majority_accuracy"] == 0.5 and metrics["majority_f1"] == pytest.approx(2 / 3)
 
 
+def test_macro_f1_on_a_hand_computed_confusion():
+    """3 classes. Confusion (rows: label, columns: prediction):
+        0: [2, 1, 0]      class 0: tp 2, fp 1, fn 1 -> F1 4 / 6
+        1: [0, 1, 1]      class 1: tp 1, fp 2, fn 1 -> F1 2 / 5
+        2: [1, 1, 2]      class 2: tp 2, fp 1, fn 2 -> F1 4 / 7
+    """
+    labels = [0, 0, 0, 1, 1, 2, 2, 2, 2]
+    predictions = [0, 1, 0, 1, 2, 2, 2, 0, 1]
+    metrics = classification_metrics(predictions, labels, majority_class=2)
+    assert metrics["macro_f1"] == pytest.approx((4 / 6 + 2 / 5 + 4 / 7) / 3)
+    assert metrics["f1"] == pytest.approx(2 / 5)  # class 1's
+    assert metrics["accuracy"] == pytest.approx(5 / 9)
+    # always 2: class 2 F1 = 2 * 4 / (2 * 4 + 5) = 8 / 13; classes 0 and 1 never predicted: 0
+    assert metrics["majority_macro_f1"] == pytest.approx(8 / 13 / 3)
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    assert metrics["macro_f1"] == pytest.approx(
+        sklearn_metrics.f1_score(labels, predictions, average="macro"))
+    # a class in neither labels nor predictions counts (F1 0) when num_labels includes it
+    four = classification_metrics(predictions, labels, majority_class=2, num_labels=4)
+    assert four["macro_f1"] == pytest.approx((4 / 6 + 2 / 5 + 4 / 7) / 4)
+    binary = classification_metrics([1, 0, 1, 1], [1, 0, 0, 1], majority_class=1)
+    assert binary["macro_f1"] == pytest.approx((0.8 + 2 / 3) / 2)  # class 0: tp 1, fn 1
+    assert binary["majority_macro_f1"] == pytest.approx((0 + 2 / 3) / 2)
+
+
+def test_epochs_count_steps_as_micro_batches_covers_the_data():
+    """--epochs E runs ceil(E x micro-batches per epoch / grad_accum) steps, and an epoch's
+    micro-batches are one pass over distinct examples before the next shuffle begins."""
+    from pretrain.finetune import batches_per_epoch, micro_batches, steps_for_epochs
+    from pretrain.finetune_data import Example
+
+    assert batches_per_epoch(300, 32, 1) == 9  # 288 examples; the last 12 left out
+    assert steps_for_epochs(2, 300, 32, 1, 1) == 18
+    assert steps_for_epochs(2, 300, 32, 1, 4) == 5  # 18 micro-batches in steps of 4
+    assert steps_for_epochs(3, 300, 16, 2, 1) == 27  # 9 global batches of 32 per epoch
+    assert batches_per_epoch(5, 8, 1) == 1  # fewer examples than a batch: repeated to fill one
+    examples = [Example([3, 4, EOS_ID], i) for i in range(70)]
+    stream = micro_batches(examples, 16, 0, 1, seed=7)
+    per_epoch = batches_per_epoch(70, 16, 1)
+    for epoch in range(2):
+        seen = [i for _ in range(per_epoch) for i in next(stream)[1].tolist()]
+        assert len(set(seen)) == len(seen) == per_epoch * 16
+        order = torch.randperm(70, generator=torch.Generator().manual_seed(7 + epoch)).tolist()
+        assert seen == order[:per_epoch * 16]  # epoch `epoch`'s shuffle, then the next one
+
+
+def finetune_main(capsys, *flags: str) -> tuple[int, str]:
+    from pretrain.finetune import main
+
+    code = main(list(flags))
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    (["--steps", "5", "--epochs", "2"], "--steps 5 and --epochs 2 are both given"),
+    (["--epochs", "0"], "--epochs 0: must be >= 1"),
+    (["--eval_every", "0"], "--eval_every 0: must be >= 1"),
+    (["--warmup_ratio", "1.5"], "--warmup_ratio 1.5: must lie in [0, 1]"),
+    (["--warmup_ratio", "0.1", "--warmup_steps", "3"], "are both given"),
+    (["--steps", "4", "--warmup_steps", "9"], "warmup_steps 9 > max_steps 4"),
+])
+def test_bad_length_flags_fail_before_any_work(tmp_path, capsys, flags, expected):
+    out = tmp_path / "out"
+    code, err = finetune_main(capsys, "--init", str(tmp_path / "missing"), "--data",
+                              str(MRPC["train"]), "--task", "classify", "--output", str(out),
+                              *flags)
+    assert code == 2 and expected in err, err
+    assert not out.exists()
+
+
 def test_help_explains_the_cli():
     done = subprocess.run([sys.executable, "pretrain/finetune.py", "--help"], cwd=ROOT,
                           capture_output=True, text=True, check=True)
     assert "--task" in done.stdout and "LlamaForSequenceClassification" in done.stdout
+    for words in ("--epochs", "--eval_every", "--warmup_ratio", "macro-F1", "not both"):
+        assert words in done.stdout, words
 
 
 # --- slow: real fine-tuning runs -------------------------------------------------------------
@@ -276,3 +349,38 @@ def test_two_ranks_under_zero3_through_the_deepspeed_launcher(pretrained, tmp_pa
     assert result["ranks"] == 2 and result["after"]["loss"] < result["before"]["loss"]
     model = load_hf_model(out)
     assert all(p.abs().sum() > 0 for p in model.parameters())  # gathered, not empty partitions
+
+
+def mrpc_subset(path: Path, out: Path, rows: int) -> Path:
+    """The header and the first `rows` pairs of an MRPC TSV."""
+    out.write_text("\n".join(path.read_text(encoding="utf-8-sig").splitlines()[:rows + 1]) + "\n")
+    return out
+
+
+@pytest.mark.slow
+def test_epochs_and_eval_every_record_the_evaluations_and_change_no_step(tmp_path):
+    """--epochs 2 on 64 pairs in micro-batches of 16: 2 x 4 = 8 steps; --eval_every 3
+    evaluates after steps 3, 6 and the last (8), each kept with its epoch; evaluating during
+    training changes no training step (same losses as --steps 8 without it)."""
+    init = tiny_export(tmp_path / "hf", news_tokenizer(tmp_path / "tok"), steps=20)
+    train = mrpc_subset(MRPC["train"], tmp_path / "train.tsv", 64)
+    held_out = mrpc_subset(MRPC["test"], tmp_path / "test.tsv", 32)
+    common = ["--init", str(init), "--task", "classify", "--data", str(train), "--eval_data",
+              str(held_out), "--micro_batch_size", "16", "--lr", "1e-3"]
+    result = run_finetune(*common, "--output", str(tmp_path / "epochs"), "--epochs", "2",
+                          "--eval_every", "3")
+    assert result["steps"] == 8 and result["epochs"] == 2 and result["steps_per_epoch"] == 4
+    assert result["hyperparameters"]["warmup_steps"] == 0  # 10% of 8, rounded down
+    evals = result["evals"]
+    assert [(e["step"], e["epoch"]) for e in evals] == [(3, 0.75), (6, 1.5), (8, 2.0)]
+    assert {k: v for k, v in evals[-1].items() if k not in ("step", "epoch")} == result["after"]
+    assert all(e["examples"] == 32 and 0 <= e["macro_f1"] <= 1 for e in evals)
+    assert len({e["loss"] for e in evals}) == 3  # three different models evaluated
+    saved = json.loads((tmp_path / "epochs" / "results.json").read_text())
+    assert saved["evals"] == evals
+
+    steps = run_finetune(*common, "--output", str(tmp_path / "steps"), "--steps", "8")
+    assert steps["after"] == result["after"] and [e["step"] for e in steps["evals"]] == [8]
+    with open(tmp_path / "epochs" / "metrics.csv", newline="") as a, \
+            open(tmp_path / "steps" / "metrics.csv", newline="") as b:
+        assert list(csv.DictReader(a)) == list(csv.DictReader(b))
