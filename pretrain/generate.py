@@ -24,7 +24,7 @@ import argparse
 import logging
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -32,7 +32,7 @@ from torch import Tensor
 
 from pretrain.codec import LosslessTokenizer
 from pretrain.inference import DTYPES, default_device, load_model
-from pretrain.model import CausalLM, KVCache
+from pretrain.model import CausalLM, KVCache, PaddedKVCache
 
 log = logging.getLogger("pretrain.generate")
 
@@ -70,12 +70,17 @@ def filter_logits(logits: Tensor, top_k: int, top_p: float) -> Tensor:
         kth = logits.topk(top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p < 1:
-        ordered, order = logits.sort(dim=-1, descending=True)
-        probs = ordered.softmax(dim=-1)
-        before = probs.cumsum(dim=-1) - probs  # the mass of the tokens ranked above
-        ordered = ordered.masked_fill(before >= top_p, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, ordered)
+        logits = nucleus(logits, top_p)
     return logits
+
+
+def nucleus(logits: Tensor, top_p: float | Tensor) -> Tensor:
+    """The top-p step of filter_logits; top_p may be a tensor (rows, 1) of one per row."""
+    ordered, order = logits.sort(dim=-1, descending=True)
+    probs = ordered.softmax(dim=-1)
+    before = probs.cumsum(dim=-1) - probs  # the mass of the tokens ranked above
+    ordered = ordered.masked_fill(before >= top_p, float("-inf"))
+    return torch.full_like(logits, float("-inf")).scatter(-1, order, ordered)
 
 
 def next_token(logits: Tensor, sampling: Sampling, generator: torch.Generator | None) -> int:
@@ -85,6 +90,34 @@ def next_token(logits: Tensor, sampling: Sampling, generator: torch.Generator | 
     logits = filter_logits(logits.float() / sampling.temperature, sampling.top_k,
                            sampling.top_p)
     return int(torch.multinomial(logits.softmax(dim=-1), 1, generator=generator))
+
+
+def next_tokens(logits: Tensor, samplings: Sequence[Sampling],
+                generators: Sequence[torch.Generator | None]) -> list[int]:
+    """next_token for every row of `logits` (rows, vocab), each with its own sampling and
+    generator: the same ids, with the top-p sort and the softmax of the sampled rows done as
+    one batch (row by row, these ops give the same bits as on a single row)."""
+    tokens = [0] * len(samplings)
+    sampled = []
+    for row, sampling in enumerate(samplings):
+        if sampling.greedy:
+            tokens[row] = int(logits[row].argmax())
+        else:
+            sampled.append(row)
+    if not sampled:
+        return tokens
+    scaled = torch.stack([filter_logits(logits[row].float() / samplings[row].temperature,
+                                        samplings[row].top_k, 1.0) for row in sampled])
+    top_p = [samplings[row].top_p for row in sampled]
+    cut = [index for index, p in enumerate(top_p) if p < 1]
+    if cut:
+        threshold = torch.tensor([top_p[index] for index in cut], dtype=scaled.dtype,
+                                 device=scaled.device)[:, None]
+        scaled[cut] = nucleus(scaled[cut], threshold)
+    probs = scaled.softmax(dim=-1)
+    for index, row in enumerate(sampled):
+        tokens[row] = int(torch.multinomial(probs[index], 1, generator=generators[row]))
+    return tokens
 
 
 def new_token_budget(model: CausalLM, prompt_len: int, max_new_tokens: int) -> int:
@@ -114,6 +147,57 @@ def generate_tokens(model: CausalLM, context: Sequence[int], sampling: Sampling,
         if token == stop_id or step == budget - 1:
             return
         logits = model(torch.tensor([[token]], device=device), cache=cache).logits[0, -1]
+
+
+@torch.inference_mode()
+def generate_batch(model: CausalLM, contexts: Sequence[Sequence[int]],
+                   samplings: Sequence[Sampling], stop_id: int | None,
+                   on_token: Callable[[int, int], bool] | None = None) -> list[list[int]]:
+    """The new token ids of every row: `generate_tokens` for each (context, sampling) pair, all
+    rows decoded together, one forward pass per step. The contexts are left-padded into one
+    `PaddedKVCache` (each row at its own positions, its padding masked); each row samples with
+    its own generator seeded from its sampling's seed, so what a row generates does not depend
+    on the rows beside it (up to the float rounding of batched matmuls, ~1e-6 in the logits).
+    A row ends at `stop_id`, at its max_new_tokens (or what the context has left), or when
+    `on_token(row, token)`, called for each token as it is chosen, returns False (a stop
+    string); it then leaves the batch."""
+    if len(contexts) != len(samplings) or not contexts:
+        raise ValueError(f"{len(contexts)} contexts and {len(samplings)} samplings: one of "
+                         "each per row, at least one row")
+    if not all(contexts):
+        raise ValueError("every context needs at least one token")
+    device, dtype = model.lm_head.weight.device, model.lm_head.weight.dtype
+    budgets = [new_token_budget(model, len(context), sampling.max_new_tokens)
+               for context, sampling in zip(contexts, samplings, strict=True)]
+    generators = [None if sampling.greedy else
+                  torch.Generator(device=device).manual_seed(sampling.seed)
+                  for sampling in samplings]
+    width = max(len(context) for context in contexts)
+    ids = torch.zeros((len(contexts), width), dtype=torch.long)  # padding: any id, masked
+    for row, context in enumerate(contexts):
+        ids[row, width - len(context):] = torch.tensor(list(context))
+    cache = PaddedKVCache(model.config, [width - len(context) for context in contexts],
+                          width + max(budgets) - 1, device, dtype)
+    logits = model.lm_head(model.model(ids.to(device), cache)[:, -1])  # (rows, vocab)
+    live = list(range(len(contexts)))  # the row of each cache row
+    outputs: list[list[int]] = [[] for _ in contexts]
+    while True:
+        kept, tokens = [], []
+        chosen = next_tokens(logits, [samplings[row] for row in live],
+                             [generators[row] for row in live])
+        for index, (row, token) in enumerate(zip(live, chosen, strict=True)):
+            outputs[row].append(token)
+            going = on_token(row, token) if on_token is not None else True
+            if going and token != stop_id and len(outputs[row]) < budgets[row]:
+                kept.append(index)
+                tokens.append(token)
+        if not kept:
+            return outputs
+        if len(kept) < len(live):
+            cache.keep(kept)
+            live = [live[index] for index in kept]
+        step = torch.tensor(tokens, device=device)[:, None]
+        logits = model.lm_head(model.model(step, cache)[:, -1])
 
 
 class TextStream:

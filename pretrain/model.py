@@ -18,11 +18,17 @@ Generation reuses the keys and values of the positions already read (`KVCache`):
 cache to every call, first the prompt, then one new token at a time; each call's positions
 follow the cached ones. Without a cache (training, evaluation) nothing of this runs, and with
 one the first call (the prompt) attends exactly as a call without a cache does.
+
+Batched generation of prompts of different lengths uses a `PaddedKVCache`: the prompts are
+left-padded to one width, so every row writes its next token to the same cache slot, while each
+row has its own RoPE positions (slot - its padding) and an attention mask that hides its padding
+slots (causal within the prompt). Rows that finish are dropped (`PaddedKVCache.keep`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -119,6 +125,8 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 class LayerCache:
     """One layer's slice of a `KVCache`: the keys and values of positions 0..start-1."""
 
+    padded = False  # PaddedLayerCache: rows with padding, their own mask and positions
+
     def __init__(self, keys: Tensor, values: Tensor, start: int):
         self.keys, self.values, self.start = keys, values, start
 
@@ -139,6 +147,33 @@ class LayerCache:
         keys = torch.arange(self.start + seq, device=device)
         queries = torch.arange(self.start, self.start + seq, device=device)
         return keys[None, :] <= queries[:, None]
+
+
+class PaddedLayerCache(LayerCache):
+    """One layer's slice of a `PaddedKVCache`: the attention mask hides each row's padding."""
+
+    padded = True
+
+    def __init__(self, keys: Tensor, values: Tensor, start: int, pad: Tensor):
+        super().__init__(keys, values, start)
+        self.pad = pad
+
+    def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        end = self.start + k.shape[2]
+        self.keys[:, :, self.start:end] = k
+        self.values[:, :, self.start:end] = v
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+    def mask(self, seq: int, device: torch.device) -> Tensor:
+        """(batch, 1, seq, start + seq): query slot q of row b sees key slot k <= q that is not
+        padding (k >= pad[b]); a padding query sees itself only (never a row of nothing, whose
+        softmax would be nan)."""
+        keys = torch.arange(self.start + seq, device=device)
+        queries = torch.arange(self.start, self.start + seq, device=device)
+        causal = keys[None, :] <= queries[:, None]
+        real = keys[None, :] >= self.pad[:, None]  # (batch, keys)
+        mask = (causal[None] & real[:, None]) | (keys[None, :] == queries[:, None])[None]
+        return mask[:, None]
 
 
 class KVCache:
@@ -164,6 +199,44 @@ class KVCache:
         self.length += seq
 
 
+class PaddedKVCache(KVCache):
+    """A `KVCache` for a batch of left-padded sequences of different lengths: row b's first
+    pad[b] slots are padding, so its token in slot s is at position s - pad[b]. Every call
+    writes the same slots for every row (the prompts, right-aligned, then one new token per
+    row per step). `keep(rows)` drops the other rows and the slots only their padding used.
+    Capacity counts slots, which may exceed max_position_embeddings (positions may not)."""
+
+    def __init__(self, config: ModelConfig, pad: Sequence[int] | Tensor, capacity: int,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+        pad = torch.as_tensor(pad, dtype=torch.long, device=device)
+        if pad.ndim != 1 or not len(pad) or int(pad.min()) < 0 or int(pad.max()) >= capacity:
+            raise ValueError(f"pad must be one count in [0, capacity {capacity}) per row")
+        shape = (len(pad), config.kv_heads, capacity, config.head_dim)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype)
+                     for _ in range(config.num_hidden_layers)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype)
+                       for _ in range(config.num_hidden_layers)]
+        self.capacity, self.length, self.pad = capacity, 0, pad
+
+    def layer(self, index: int) -> PaddedLayerCache:
+        return PaddedLayerCache(self.keys[index], self.values[index], self.length, self.pad)
+
+    def positions(self, seq: int) -> Tensor:
+        """(batch, seq) RoPE positions of the next `seq` slots (0 on padding)."""
+        slots = torch.arange(self.length, self.length + seq, device=self.pad.device)
+        return (slots[None, :] - self.pad[:, None]).clamp(min=0)
+
+    def keep(self, rows: Sequence[int] | Tensor) -> None:
+        """Keep only `rows` (indices into the current batch, in the order given), and drop the
+        leading slots that are padding in every row kept."""
+        rows = torch.as_tensor(rows, dtype=torch.long, device=self.pad.device)
+        pad = self.pad[rows]
+        cut = min(int(pad.min()), self.length)
+        self.keys = [k[rows, :, cut:] for k in self.keys]  # advanced indexing copies
+        self.values = [v[rows, :, cut:] for v in self.values]
+        self.pad, self.length, self.capacity = pad - cut, self.length - cut, self.capacity - cut
+
+
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -187,9 +260,10 @@ class Attention(nn.Module):
         if self.kv_heads != self.heads:  # GQA: query head h reads kv head h // group
             group = self.heads // self.kv_heads
             k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-        if cache is None or cache.start == 0:
+        if cache is None or (cache.start == 0 and not cache.padded):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:  # new queries after cached keys: is_causal would align them to key 0
+        else:  # new queries after cached keys (is_causal would align them to key 0), or
+            # padded rows (their padding masked)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=cache.mask(seq, x.device))
         return self.o_proj(y.transpose(1, 2).reshape(batch, seq, self.heads * self.head_dim))
 
@@ -234,6 +308,8 @@ class Decoder(nn.Module):
         are added to it."""
         seq = input_ids.shape[1]
         start = 0 if cache is None else cache.length
+        if isinstance(cache, PaddedKVCache):
+            return self._forward_padded(input_ids, cache)
         if start + seq > self.config.max_position_embeddings:
             raise ValueError(f"sequence of {start + seq} tokens > max_position_embeddings "
                              f"{self.config.max_position_embeddings}")
@@ -248,6 +324,26 @@ class Decoder(nn.Module):
             x = layer(x, cos, sin) if cache is None else layer(x, cos, sin, cache.layer(index))
         if cache is not None:
             cache.advance(seq)
+        return self.norm(x)
+
+    def _forward_padded(self, input_ids: Tensor, cache: PaddedKVCache) -> Tensor:
+        """forward() with a PaddedKVCache: each row at its own positions, padding masked."""
+        batch, seq = input_ids.shape
+        if batch != len(cache.pad):
+            raise ValueError(f"{batch} rows but the cache holds {len(cache.pad)}")
+        if cache.length + seq > cache.capacity:
+            raise ValueError(f"{cache.length + seq} slots > the cache's capacity "
+                             f"{cache.capacity}")
+        positions = cache.positions(seq)
+        if int(positions.max()) + 1 > self.config.max_position_embeddings:
+            raise ValueError(f"sequence of {int(positions.max()) + 1} tokens > "
+                             f"max_position_embeddings {self.config.max_position_embeddings}")
+        x = self.embed_tokens(input_ids)
+        cos, sin = rope_cos_sin(self.config, int(positions.max()) + 1, x.device, x.dtype)
+        cos, sin = cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)  # (b, 1, seq, d)
+        for index, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, cache.layer(index))
+        cache.advance(seq)
         return self.norm(x)
 
 

@@ -24,9 +24,12 @@ longer than the context, ...) gets a 4xx with an OpenAI-style JSON error {"error
 "type", "param"}}; the server goes on.
 
 Requests are batched by `ray.serve.batch` (up to --max-batch-size, waiting at most
---batch-wait-ms for a batch to fill); a batch's requests are decoded one after another on the
-replica (each with pretrain.generate's KV-cache decoding, so each result equals generating it
-alone), while more requests queue for the next batch. --replicas copies of the model serve in
+--batch-wait-ms for a batch to fill), and a batch is decoded together on the replica: every
+choice of every request is a row of one batched forward pass per step (the prompts left-padded
+into one KV cache, each row at its own positions with its padding masked; a row leaves the batch
+at EOS, a stop string or its max_tokens), sampled with its own generator (seed + index), so each
+result equals generating it alone (up to float rounding of the batched matmuls, ~1e-6 in the
+logits), while more requests queue for the next batch. --replicas copies of the model serve in
 parallel, each reserving --cpus-per-replica Ray CPUs.
 
 Ray: a new local Ray that listens on 127.0.0.1 only (or the cluster at --address). The HTTP
@@ -55,7 +58,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from pretrain.codec import LosslessTokenizer
-from pretrain.generate import Sampling, generate_text, new_token_budget
+from pretrain.generate import (
+    Sampling,
+    TextStream,
+    generate_batch,
+    generate_tokens,
+    new_token_budget,
+)
 from pretrain.inference import DTYPES, load_model
 from pretrain.model import CausalLM
 
@@ -166,42 +175,96 @@ def parse_request(body: Any, tokenizer: LosslessTokenizer, model: CausalLM) -> C
                              seed)
 
 
+class ChoiceText:
+    """One choice's text as its tokens come: pieces as pretrain.generate streams them, cut
+    before the first stop string (then finish_reason is "stop", and the choice takes no more
+    tokens); EOS also ends it with "stop", max_tokens with "length"."""
+
+    def __init__(self, tokenizer: LosslessTokenizer, prompt_ids: list[int],
+                 stop: tuple[str, ...]):
+        self.stream, self.eos = TextStream(tokenizer, prompt_ids), tokenizer.eos_id()
+        self.stop, self.longest = stop, max((len(s) for s in stop), default=0)
+        self.text, self.reason, self.tokens, self.cut = "", "length", 0, False
+
+    def push(self, token: int) -> bool:
+        """Take the next token; False once the choice is finished (EOS or a stop string)."""
+        self.tokens += 1
+        if token == self.eos:
+            self.reason = "stop"
+            return False
+        return self._add(self.stream.push(token))
+
+    def finish(self) -> None:
+        """The text held back at the end (an unfinished character), unless a stop string cut
+        the text before it."""
+        if not self.cut:
+            self._add(self.stream.flush())
+
+    def _add(self, piece: str) -> bool:
+        if not piece or not self.stop:
+            self.text += piece
+            return True
+        start = max(0, len(self.text) - self.longest + 1)
+        self.text += piece
+        hits = [i for i in (self.text.find(s, start) for s in self.stop) if i >= 0]
+        if hits:
+            self.text, self.reason, self.cut = self.text[:min(hits)], "stop", True
+            return False
+        return True
+
+
 def complete_one(model: CausalLM, tokenizer: LosslessTokenizer, prompt: str,
                  sampling: Sampling, stop: tuple[str, ...] = ()) -> tuple[str, str, int]:
-    """(text, finish_reason, new tokens) of one completion of `prompt`: pretrain.generate's
-    decoding, the text cut before the first stop string (then finish_reason is "stop")."""
-    text, tokens, reason = "", 0, "length"
-    longest = max((len(s) for s in stop), default=0)
-    for token, piece in generate_text(model, tokenizer, prompt, sampling):
-        if token is not None:
-            tokens += 1
-            if token == tokenizer.eos_id():
-                reason = "stop"
-        if not piece:
-            continue
-        start = max(0, len(text) - longest + 1)
-        text += piece
-        hits = [i for i in (text.find(s, start) for s in stop) if i >= 0]
-        if hits:
-            return text[:min(hits)], "stop", tokens
-    return text, reason, tokens
+    """(text, finish_reason, new tokens) of one completion of `prompt` decoded alone, with
+    pretrain.generate's decoding (the server decodes a batch together: `complete_batch`)."""
+    prompt_ids = tokenizer.encode(prompt)
+    choice = ChoiceText(tokenizer, prompt_ids, stop)
+    eos = tokenizer.eos_id()
+    for token in generate_tokens(model, [eos, *prompt_ids], sampling, eos):
+        if not choice.push(token):
+            break
+    choice.finish()
+    return choice.text, choice.reason, choice.tokens
+
+
+def answer(request: CompletionRequest, choices: list[ChoiceText], model_name: str) -> dict:
+    """The OpenAI-shaped answer to a request whose choices are finished."""
+    generated = sum(choice.tokens for choice in choices)
+    prompt_tokens = len(request.prompt_ids) + 1  # the EOS the prompt follows
+    return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
+            "created": int(time.time()), "model": model_name,
+            "choices": [{"index": index, "text": choice.text, "logprobs": None,
+                         "finish_reason": choice.reason}
+                        for index, choice in enumerate(choices)],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": generated,
+                      "total_tokens": prompt_tokens + generated}}
+
+
+def complete_batch(model: CausalLM, tokenizer: LosslessTokenizer,
+                   requests: list[CompletionRequest], model_name: str) -> list[dict]:
+    """The answers to checked requests, decoded together: every choice of every request is a
+    row of one `pretrain.generate.generate_batch` (one forward pass per step; a row leaves at
+    EOS, a stop string or its max_tokens), sampled with its own generator (seed + index)."""
+    eos = tokenizer.eos_id()
+    rows = [(request, index) for request in requests for index in range(request.n)]
+    choices = [ChoiceText(tokenizer, request.prompt_ids, request.stop) for request, _ in rows]
+    generate_batch(model, [[eos, *request.prompt_ids] for request, _ in rows],
+                   [request.sampling(index) for request, index in rows], eos,
+                   lambda row, token: choices[row].push(token))
+    answers, first = [], 0
+    for request in requests:
+        mine = choices[first:first + request.n]
+        for choice in mine:
+            choice.finish()
+        answers.append(answer(request, mine, model_name))
+        first += request.n
+    return answers
 
 
 def complete(model: CausalLM, tokenizer: LosslessTokenizer, request: CompletionRequest,
              model_name: str) -> dict:
-    """The OpenAI-shaped answer to a checked request."""
-    choices, generated = [], 0
-    for index in range(request.n):
-        text, reason, tokens = complete_one(model, tokenizer, request.prompt,
-                                            request.sampling(index), request.stop)
-        choices.append({"index": index, "text": text, "logprobs": None,
-                        "finish_reason": reason})
-        generated += tokens
-    prompt_tokens = len(request.prompt_ids) + 1  # the EOS the prompt follows
-    return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
-            "created": int(time.time()), "model": model_name, "choices": choices,
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": generated,
-                      "total_tokens": prompt_tokens + generated}}
+    """The answer to one checked request, its choices decoded together."""
+    return complete_batch(model, tokenizer, [request], model_name)[0]
 
 
 def error_response(status: int, message: str, param: str | None = None) -> JSONResponse:
@@ -246,14 +309,14 @@ class Completions:
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def complete_batch(self, requests: list[CompletionRequest]) -> list[dict]:
-        """A batch of checked requests, decoded one after another off the event loop (health
-        checks and new requests are answered and queued meanwhile)."""
+        """A batch of checked requests, decoded together off the event loop (health checks
+        and new requests are answered and queued meanwhile)."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, self._complete_all, requests)
 
     def _complete_all(self, requests: list[CompletionRequest]) -> list[dict]:
-        return [complete(self.loaded.model, self.loaded.tokenizer, request, self.model_name)
-                for request in requests]
+        return complete_batch(self.loaded.model, self.loaded.tokenizer, requests,
+                              self.model_name)
 
 
 def build_app(model: str | Path, *, name: str | None = None, tokenizer: str | None = None,

@@ -18,11 +18,14 @@ from pretrain.generate import (
     Sampling,
     TextStream,
     filter_logits,
+    generate_batch,
     generate_text,
     generate_tokens,
     main,
+    next_token,
+    next_tokens,
 )
-from pretrain.model import CausalLM, KVCache, ModelConfig
+from pretrain.model import CausalLM, KVCache, ModelConfig, PaddedKVCache
 
 from .tiny_lm import news_lines, news_tokenizer, tiny_export
 
@@ -77,6 +80,68 @@ def test_cached_decoding_equals_full_forwards(kv_heads):
         model(ids[:, :3], cache=cache)  # 33 positions > 32
     with pytest.raises(ValueError, match="max_position_embeddings"):
         KVCache(config, 1, 41)
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_padded_batch_logits_equal_single_sequence_logits(kv_heads):
+    """Left-padded rows of different lengths in one PaddedKVCache: each row's logits (prompt,
+    then one token per step, then after rows leave) equal its own single-sequence forward."""
+    config = ModelConfig(vocab_size=50, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=kv_heads,
+                         max_position_embeddings=40)
+    torch.manual_seed(0)
+    model = CausalLM(config).eval()
+    lengths = [5, 12, 1, 9]
+    contexts = [torch.randint(0, 50, (n,)) for n in lengths]
+    steps = torch.randint(0, 50, (4, 10))
+    width = max(lengths)
+    ids = torch.zeros((4, width), dtype=torch.long)
+    for row, context in enumerate(contexts):
+        ids[row, width - len(context):] = context
+    worst = 0.0
+    with torch.no_grad():
+        cache = PaddedKVCache(config, [width - n for n in lengths], width + 10)
+        prompt = model(ids, cache=cache).logits
+        for row, context in enumerate(contexts):
+            alone = model(context[None]).logits[0]
+            worst = max(worst, (prompt[row, width - len(context):] - alone).abs().max().item())
+            assert torch.isfinite(prompt[row]).all()  # padding queries see themselves: no nan
+        live = [0, 1, 2, 3]
+        for step in range(10):
+            if step == 4:  # the longest row leaves: the slots only its prompt used go too
+                cache.keep([0, 2, 3])
+                live = [0, 2, 3]
+                assert cache.pad.tolist() == [4, 8, 0]  # were 7, 11, 3: 3 slots cut
+            logits = model(steps[live, step:step + 1], cache=cache).logits[:, 0]
+            for index, row in enumerate(live):
+                full = torch.cat([contexts[row], steps[row, :step + 1]])
+                alone = model(full[None]).logits[0, -1]
+                worst = max(worst, (logits[index] - alone).abs().max().item())
+    assert worst < 1e-5
+    with pytest.raises(ValueError, match="capacity"):
+        model(steps[[0, 2, 3], :1], cache=cache)  # the slots are used up
+
+
+def test_generate_batch_equals_generate_tokens_row_by_row(model):
+    """Rows of different lengths, budgets, greedy or sampled with their own seeds, decoded
+    together: each row's tokens are generate_tokens' for that row alone, whatever its
+    neighbours; a row that on_token ends stops there."""
+    contexts = [[EOS_ID, *range(3, 3 + n)] for n in (0, 7, 3, 20, 1, 11)]
+    samplings = [Sampling(12, 0.0), Sampling(30, 1.0, 0, 0.9, 5), Sampling(5, 0.8, 10, 1.0, 1),
+                 Sampling(500, 0.0), Sampling(20, 1.2, 0, 1.0, 9), Sampling(1, 1.0, seed=2)]
+    batched = generate_batch(model, contexts, samplings, EOS_ID)
+    for context, sampling, tokens in zip(contexts, samplings, batched, strict=True):
+        assert tokens == list(generate_tokens(model, context, sampling, EOS_ID)), sampling
+    assert len(batched[3]) == 128 - 21 or batched[3][-1] == EOS_ID  # the context's room
+    # the same row beside other rows (or alone) samples the same: its own generator
+    assert generate_batch(model, contexts[1:3], samplings[1:3], EOS_ID)[0] == batched[1]
+    seen: list[tuple[int, int]] = []
+    cut = generate_batch(model, contexts, samplings, EOS_ID,
+                         lambda row, token: seen.append((row, token)) or row != 1)
+    assert cut[1] == batched[1][:1] and cut[0] == batched[0]
+    assert sorted(seen) == sorted((row, t) for row, tokens in enumerate(cut) for t in tokens)
+    with pytest.raises(ValueError, match="one of each per row"):
+        generate_batch(model, contexts, samplings[:2], EOS_ID)
 
 
 # --- greedy and sampling -------------------------------------------------------------------
@@ -140,6 +205,26 @@ def test_generation_stops_after_the_stop_token_and_at_the_token_budget(model, to
     # the context limits the budget: 128 positions, so 128 - len(context) new tokens at most
     assert len(list(generate_tokens(model, context, Sampling(500, temperature=0.0), None))) \
         == model.config.max_position_embeddings - len(context)
+
+
+def test_next_tokens_of_a_batch_equal_next_token_row_by_row():
+    """The batched choice (greedy rows, sampled rows with their own temperature, top-k, top-p
+    and generator) picks exactly what next_token picks for each row alone."""
+    torch.manual_seed(0)
+    logits = torch.randn(12, 500) * 4
+    samplings = [Sampling(4, temperature, top_k, top_p, seed)
+                 for seed, (temperature, top_k, top_p) in enumerate(
+                     [(0.0, 0, 1.0), (1.0, 0, 1.0), (0.7, 0, 0.9), (1.3, 10, 1.0),
+                      (1.0, 50, 0.95), (0.8, 0, 0.5), (1.0, 0, 1e-6), (0.0, 5, 0.5)] * 2)][:12]
+
+    def generators():
+        return [None if s.greedy else torch.Generator().manual_seed(s.seed) for s in samplings]
+
+    batched, alone = generators(), generators()
+    for _ in range(5):  # the generators move on: each draw equals the single row's draw
+        assert next_tokens(logits, samplings, batched) == [
+            next_token(logits[row], sampling, alone[row])
+            for row, sampling in enumerate(samplings)]
 
 
 def test_filter_logits_keeps_the_top_k_then_the_top_p_mass():

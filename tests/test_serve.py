@@ -123,6 +123,33 @@ def alone(model, tokenizer, prompt: str, max_tokens: int, temperature: float = 0
             "tokens": len(tokens)}
 
 
+def test_a_batch_decoded_together_equals_each_request_alone(model, tokenizer):
+    """complete_batch (what a replica runs on a batch) in-process: requests of different
+    prompts, lengths, settings, stop strings and n, each choice equal to complete_one."""
+    from pretrain.serve import complete_batch, complete_one, parse_request
+
+    full = alone(model, tokenizer, "Australian troops", 24)["text"]
+    bodies = [{"prompt": "The", "max_tokens": 16, "temperature": 1.0, "seed": 5, "n": 3},
+              {"prompt": "Australian troops", "max_tokens": 24, "temperature": 0,
+               "stop": [full[len(full) // 2:len(full) // 2 + 2]]},
+              {"prompt": "", "max_tokens": 30, "temperature": 0.7, "top_p": 0.9, "seed": 1},
+              {"prompt": PROMPTS[3], "max_tokens": 1, "temperature": 0},
+              {"prompt": "Police say", "max_tokens": 12, "temperature": 1.2, "top_k": 20,
+               "stop": ["e", "\n"], "seed": 8, "n": 2}]
+    requests = [parse_request(body, tokenizer, model) for body in bodies]
+    answers = complete_batch(model, tokenizer, requests, "hf")
+    for request, answer in zip(requests, answers, strict=True):
+        assert len(answer["choices"]) == request.n
+        tokens = 0
+        for index, choice in enumerate(answer["choices"]):
+            text, reason, count = complete_one(model, tokenizer, request.prompt,
+                                               request.sampling(index), request.stop)
+            assert (choice["text"], choice["finish_reason"]) == (text, reason), request
+            tokens += count
+        assert answer["usage"]["completion_tokens"] == tokens
+    assert answers[1]["choices"][0]["finish_reason"] == "stop"  # cut by its stop string
+
+
 def test_health(server):
     assert server.request("/health") == (200, {"status": "ok", "model": "hf"})
 
