@@ -32,7 +32,19 @@ TEXT_JSONL = 'one JSON object per line with a string "text"'
 
 
 class DataError(ConfigError):
-    """Data that is missing, unreadable or holds no document."""
+    """Data that is missing, unreadable or not in its format: the message names the file (and
+    line or row) and what was expected there."""
+
+
+def json_object(line: str, where: str, expected: str, hint: str = "") -> dict:
+    """One JSONL line's object; DataError at `where` (FILE:LINE) when it is not one."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        row = None
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: not a JSON object{hint}; expected {expected}")
+    return row
 
 
 def _is_dir(location: str) -> bool:
@@ -92,12 +104,7 @@ def _jsonl_documents(path: str) -> Iterator[tuple[str, str]]:
     for number, line in _lines(path):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            row = None
-        if not isinstance(row, dict):
-            raise DataError(f"{path}:{number}: not a JSON object; expected {TEXT_JSONL}")
+        row = json_object(line, f"{path}:{number}", TEXT_JSONL)
         if not isinstance(row.get("text"), str):
             raise DataError(f'{path}:{number}: "text" missing or not a string (keys: '
                             f"{sorted(row)}); expected {TEXT_JSONL}")

@@ -38,7 +38,12 @@ import torch
 from pretrain.ablate.bpb import BPB, bits_per_byte, encode_texts, hash_texts
 from pretrain.documents import DataError, read_documents
 from pretrain.files import describe, is_remote, setup_logging, storage
-from pretrain.inference import DTYPES, LoadedModel, ModelError, default_device, load_model
+from pretrain.inference import (
+    LoadedModel,
+    ModelError,
+    add_model_arguments,
+    load_model,
+)
 
 log = logging.getLogger("pretrain.evaluate")
 
@@ -163,14 +168,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "context (default: seq-len, no overlap)")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward "
                                                                   "(default: 8)")
-    parser.add_argument("--tokenizer", default=None,
-                        help="tokenizer directory (default: the export's, or the one the "
-                             "checkpoint recorded)")
-    parser.add_argument("--tag", default=None, help="checkpoint tag (default: CKPT/latest)")
-    parser.add_argument("--device", default=None,
-                        help=f"torch device (default: {default_device()} here)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
-                        help="weights and activations (default: float32)")
+    add_model_arguments(parser)
     parser.add_argument("--quiet", action="store_true", help="no log lines, no progress bar")
     return parser.parse_args(argv)
 

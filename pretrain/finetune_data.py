@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from pretrain.config import ConfigError
+from pretrain.documents import DataError, json_object
 from pretrain.export import EOS_ID
 from pretrain.model import IGNORE_INDEX
 
@@ -77,9 +77,6 @@ CLASSIFY_JSONL = ('JSONL, one {"text": "...", ["text_pair": "...",] "label": 0, 
 MRPC_TSV = "MRPC's TSV (a header line of tab-separated Quality, #1 ID, #2 ID, #1 String, #2 String)"
 
 
-class DataError(ConfigError):
-    """A fine-tuning file that is missing or not in its task's format: the message names the
-    file, the line and what was expected there."""
 
 
 def read_file(path: Path) -> str:
@@ -102,15 +99,9 @@ def _jsonl(path: Path, expected: str) -> list[tuple[int, dict[str, Any]]]:
     for number, line in enumerate(read_file(path).split("\n"), start=1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            row = None
-        if not isinstance(row, dict):
-            hint = (" (MRPC's TSV, which --task classify reads from a file not named .jsonl)"
-                    if line.startswith("Quality\t") else "")
-            raise DataError(f"{path}:{number}: not a JSON object{hint}; expected {expected}")
-        rows.append((number, row))
+        hint = (" (MRPC's TSV, which --task classify reads from a file not named .jsonl)"
+                if line.startswith("Quality\t") else "")
+        rows.append((number, json_object(line, f"{path}:{number}", expected, hint)))
     return rows
 
 

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from pretrain.codec import LosslessTokenizer
-from pretrain.inference import DTYPES, default_device, load_model
+from pretrain.inference import add_model_arguments, load_model
 from pretrain.model import CausalLM, KVCache, PaddedKVCache
 
 log = logging.getLogger("pretrain.generate")
@@ -257,14 +257,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="then among the fewest whose probability reaches p; 1: all "
                              "(default: 1.0)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    parser.add_argument("--tokenizer", default=None,
-                        help="tokenizer directory (default: the export's, or the one the "
-                             "checkpoint recorded)")
-    parser.add_argument("--tag", default=None, help="checkpoint tag (default: CKPT/latest)")
-    parser.add_argument("--device", default=None,
-                        help=f"torch device (default: {default_device()} here)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
-                        help="weights and activations (default: float32)")
+    add_model_arguments(parser)
     args = parser.parse_args(argv)
     try:
         args.sampling = Sampling(args.max_new_tokens, 0.0 if args.greedy else args.temperature,

@@ -11,6 +11,7 @@ numbers. Used by `pretrain.evaluate` and `pretrain.generate`.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import sys
@@ -47,6 +48,19 @@ class LoadedModel:
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, device: bool = True) -> None:
+    """The options of `load_model` as command-line flags: --tokenizer, --tag, --device, --dtype."""
+    parser.add_argument("--tokenizer", default=None,
+                        help="tokenizer directory (default: the export's, or the one the "
+                             "checkpoint recorded)")
+    parser.add_argument("--tag", default=None, help="checkpoint tag (default: CKPT/latest)")
+    if device:
+        parser.add_argument("--device", default=None,
+                            help=f"torch device (default: {default_device()} here)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                        help="weights and activations (default: float32)")
 
 
 def _check_export(path: Path) -> None:

@@ -65,7 +65,7 @@ from pretrain.generate import (
     generate_tokens,
     new_token_budget,
 )
-from pretrain.inference import DTYPES, load_model
+from pretrain.inference import add_model_arguments, load_model
 from pretrain.model import CausalLM
 
 log = logging.getLogger("pretrain.serve")
@@ -360,12 +360,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="Ray CPUs each replica reserves (default: 1)")
     parser.add_argument("--name", default=None,
                         help="model name in answers (default: MODEL's directory name)")
-    parser.add_argument("--tokenizer", default=None,
-                        help="tokenizer directory (default: the export's, or the one the "
-                             "checkpoint recorded)")
-    parser.add_argument("--tag", default=None, help="checkpoint tag (default: CKPT/latest)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
-                        help="weights and activations (default: float32)")
+    add_model_arguments(parser, device=False)  # replicas run on CPU
     parser.add_argument("--address", default=None,
                         help="Ray cluster to serve on (default: a new local Ray on 127.0.0.1)")
     args = parser.parse_args(argv)
