@@ -77,7 +77,27 @@ def test_star_rounds_give_the_components_and_the_best_ranked_survivor(seed, tmp_
                 for i in range(n) if size[labels[i]] > 1}
     got = {d: (s, z) for d, s, z in decisions.tolist()}
     assert got == expected
-    assert rounds >= 1
+
+
+def test_a_long_chain_takes_several_rounds_and_ends_as_one_star(tmp_path):
+    n = 64
+    rng = random.Random(7)
+    nodes = np.zeros(n, dtype=NODE)
+    nodes["neg_chars"] = [rng.randrange(1000) for _ in range(n)]
+    nodes["id_hash"] = [rng.randrange(1 << 64) for _ in range(n)]
+    nodes["doc"] = [(i % 2) << 32 | i for i in range(n)]
+    run_dir = RunDir(tmp_path)
+    order = rng.sample(range(n), n)  # a path through the documents in random order
+    a, b = np.array(order[:-1]), np.array(order[1:])
+    write_pairs(run_dir, "cc/0", nodes[a], nodes[b], 4, "edges")
+    graph, rounds, _ = connect(run_dir, "cc", 4, plain_map)
+    assert rounds >= 2  # one large-star/small-star round cannot contract a 64-node path
+    for p in range(4):
+        star_decisions(run_dir, "work", graph, "fuzzy", p, 2)
+    decisions = np.concatenate([gather(run_dir, "fuzzy", s, DECISION) for s in range(2)])
+    best = int(nodes["doc"][node_order(nodes)[0]])
+    # every member (the survivor too, for its cluster size) names the best-ranked document
+    assert sorted(decisions.tolist()) == sorted((int(d), best, n) for d in nodes["doc"])
 
 
 def test_a_passage_in_documents_of_different_shards_is_cut_from_all_but_one(local_ray,
