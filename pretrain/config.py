@@ -49,6 +49,9 @@ class TrainingConfig(BaseModel):
     seed: int = 0
     # torch.compile each decoder layer (pretrain.model.compile_layers); ZeRO 0-2 only
     compile: bool = False
+    # after each successful save, delete all but the newest K checkpoint tags (never the one
+    # `latest` names); None keeps every checkpoint
+    keep_latest_k: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> TrainingConfig:

@@ -6,13 +6,16 @@ window[1:]), so consecutive samples share one token and every token but the firs
 once; there are N = (T - 1) // seq_len samples. Windows may cross document and shard
 boundaries (documents are separated by EOS).
 
-Order: a global stream of sample positions p = 0, 1, 2, ... Epoch e = p // E covers
-E = N - N % world_size positions, in the order `permutation(seed, e)` (numpy's PCG64 seeded
-with (seed, e)); the N % world_size samples last in an epoch's permutation sit that epoch out.
-Rank r's k-th item is position consumed_samples + k * world_size + r, so the ranks together
-read each block of world_size positions once, and a dataset built with `consumed_samples` =
-the number of samples the whole job has consumed (a multiple of world_size) continues exactly
-where training stopped, on any number of ranks.
+Order: a global stream of sample positions p = 0, 1, 2, ... that does not depend on the
+number of ranks. Epoch e = p // N covers all N samples, in the order `permutation(seed, e)`
+(numpy's PCG64 seeded with (seed, e)). Rank r's k-th item is position consumed_samples +
+k * world_size + r, so the ranks together read each block of world_size positions once (a block
+may straddle two epochs), and a dataset built with `consumed_samples` = the number of samples
+the whole job has consumed (a multiple of world_size) continues exactly where training stopped,
+on any number of ranks that divides consumed_samples, in any epoch: the global sequence of
+samples is the same for 1, 2 or 8 ranks, only who reads which position differs.
+(Before: an epoch held N - N % world_size positions, so after the first epoch the order
+depended on the number of ranks.)
 
 `TokenDataset` is map-style (`__len__`, `__getitem__` -> int64 array of seq_len + 1), so a
 `torch.utils.data.DataLoader(dataset, batch_size=..., shuffle=False)` can wrap it; memmaps open
@@ -32,8 +35,13 @@ from typing import Any
 
 import numpy as np
 
-from pretrain.encode import FORMAT, MANIFEST, SPLITS
 from refine.configfile import ConfigError  # = pretrain.config's, without importing torch
+
+# = pretrain.encode's (tests/test_dataset.py checks), not imported from there: its imports
+# (pyarrow, fsspec, sentencepiece) are not needed to train, nor installed by bench/gpu_check.sh
+FORMAT = "pretrain-tokens/1"
+MANIFEST = "manifest.json"
+SPLITS = ("train", "val")
 
 MAKE_TOKENS = "python -m pretrain.encode --data RUN/data --tokenizer TOK --out TOKENS"
 REFINE_RUN_KIND = "refine-run"  # refine.run.KIND: the manifest.json of a refine run
@@ -133,10 +141,10 @@ class TokenDataset:
         self.starts = np.concatenate([[0], np.cumsum(sizes)])  # stream offset of each shard
         self.total_tokens = int(self.starts[-1])
         self.num_samples = max(0, (self.total_tokens - 1) // seq_len)
-        self.samples_per_epoch = self.num_samples - self.num_samples % world_size
-        if self.samples_per_epoch == 0:
-            raise ValueError(f"{self.total_tokens} {split} tokens make no window of "
-                             f"{seq_len + 1} for {world_size} ranks")
+        self.samples_per_epoch = self.num_samples  # every epoch, whatever the world size
+        if self.samples_per_epoch < world_size:
+            raise ValueError(f"{self.total_tokens} {split} tokens make {self.num_samples} "
+                             f"windows of {seq_len + 1}, fewer than {world_size} ranks")
         self._maps: list[np.memmap] | None = None
         self._permutation: tuple[int, np.ndarray] | None = None
 
@@ -169,8 +177,9 @@ class TokenDataset:
         return int(self.permutation(epoch)[offset])
 
     def __len__(self) -> int:
-        remaining = self.epochs * self.samples_per_epoch - self.consumed_samples - self.rank
-        return max(0, -(-remaining // self.world_size))
+        # whole blocks of world_size positions only: every rank has the same length
+        remaining = self.epochs * self.samples_per_epoch - self.consumed_samples
+        return max(0, remaining // self.world_size)
 
     def __getitem__(self, index: int) -> np.ndarray:
         if not 0 <= index < len(self):
@@ -208,6 +217,39 @@ class TokenDataset:
         state["_maps"] = None  # reopen in the worker instead of pickling mapped data
         state["_permutation"] = None
         return state
+
+
+def write_synthetic_tokens(out: Path | str, vocab_size: int = 32000,
+                           train_tokens: int = 1 << 20, val_tokens: int = 1 << 16,
+                           seed: int = 0) -> Path:
+    """A TOKENS directory of made-up text (benchmarks and tests, no tokenizer needed):
+    "documents" of 64-512 tokens strung together from a bank of 256 random 8-token phrases, 10%
+    of tokens replaced by random ones, EOS (2) after each document, so a model's loss falls
+    within a few steps. The manifest has what TokenDataset and pretrain.train read (vocab_size;
+    no tokenizer)."""
+    from refine.atomic_file import write_json_atomic as write_json
+
+    out = Path(out)
+    rng = np.random.default_rng(seed)
+    dtype = np.dtype("uint16" if vocab_size <= 1 << 16 else "uint32").newbyteorder("<")
+    bank = rng.integers(3, vocab_size, (256, 8))
+    shards: list[dict[str, Any]] = [{"name": "synthetic-00000", "source": "synthetic"}]
+    for split, count in (("train", train_tokens), ("val", val_tokens)):
+        (out / split).mkdir(parents=True, exist_ok=True)
+        tokens = bank[rng.integers(0, len(bank), count // 8 + 1)].reshape(-1)[:count]
+        noise = rng.random(count) < 0.1
+        tokens[noise] = rng.integers(3, vocab_size, int(noise.sum()))
+        ends = np.cumsum(rng.integers(64, 513, count // 64 + 1))
+        tokens[ends[ends < count]] = 2
+        tokens.astype(dtype).tofile(out / split / f"{shards[0]['name']}.bin")
+        shards[0][split] = {"documents": int((tokens == 2).sum()), "tokens": count}
+    write_json(out / MANIFEST, {
+        "format": FORMAT, "dtype": dtype.name, "byte_order": "little", "eos_id": 2, "bos_id": 1,
+        "bos_added": False, "vocab_size": vocab_size, "tokenizer": None,
+        "source": {"kind": "synthetic", "seed": seed}, "shards": shards,
+        "totals": {split: {key: shards[0][split][key] for key in ("documents", "tokens")}
+                   for split in SPLITS}})
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

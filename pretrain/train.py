@@ -11,20 +11,33 @@ The split of responsibilities: the YAML (`pretrain.config`) says *what* to train
 lr schedule, eval/checkpoint cadence); the DeepSpeed JSON says *how* (ZeRO stage, precision).
 Keys both could hold (batch sizes, clipping, optimizer) are `"auto"` in the JSON and filled here
 from the YAML; `"bf16": {"enabled": "auto"}` means bf16 where the accelerator supports it, else
-fp32 (CPU). Flags such as `--lr` override the YAML.
+fp32 (CPU). Under bf16 gradients accumulate in fp32 (`data_types.grad_accum_dtype`, unless the
+JSON says otherwise; under ZeRO-1 DeepSpeed then uses its BF16_Optimizer); fp32 on CUDA uses
+TF32 tensor cores. Flags such as `--lr` override the YAML. configs/deepspeed/zeroN.json are
+for CPU and tests (no communication overlap); configs/deepspeed/gpu/zeroN.json add DeepSpeed's
+usual GPU settings (overlap_comm, buckets, ZeRO-3 prefetch and a parameter persistence
+threshold that keeps norms gathered).
 
 One optimizer step = grad_accum micro-batches of micro_batch_size sequences on every rank. The
 learning rate is a pure function of the step (linear warmup, cosine decay to min_lr at
 max_steps), set by hand before each step, so resuming needs no scheduler state. The data order
 is TokenDataset's: a seeded permutation read from `consumed_samples` on, so a resumed run sees
-exactly the batches an uninterrupted one would.
+exactly the batches an uninterrupted one would. A thread reads the next batches ahead (into
+pinned memory on CUDA, copied with non_blocking=True), and the loss stays on the device until
+the step ends (one host sync per step).
+
+metrics.csv's tokens_per_s and mfu leave out torch.compile's time (the first step, or a
+recompile), which is its own column, compile_s. MFU needs the device's peak FLOP/s: a table of
+GPUs (PEAK_FLOPS: bf16, or TF32 for fp32) or --peak_flops.
 
 CKPT/ holds DeepSpeed checkpoints `global_step{N}/` (client state: step, consumed_samples,
 config, token manifest hash, world size, absolute paths of TOKENS and --tokenizer, which
 pretrain.export and pretrain.finetune read; plus `train_state.json`, the same as JSON, written
 before DeepSpeed's files), `latest` (DeepSpeed writes it after every file of the tag, so an
 interrupted save never becomes latest) and `metrics.csv` (one row per step and per evaluation).
-A rerun with the same CKPT resumes from `latest`.
+A rerun with the same CKPT resumes from `latest`. With training.keep_latest_k = K (or
+--keep_latest_k K) only the newest K tags stay: older ones are deleted after each successful
+save, never the one `latest` names.
 """
 
 from __future__ import annotations
@@ -55,21 +68,31 @@ import numpy as np
 import torch
 
 from pretrain.config import ConfigError, PretrainConfig, TrainingConfig, load_config, parse
-from pretrain.dataset import MAKE_TOKENS, TokenDataset, TokensError, read_manifest
-from pretrain.encode import MANIFEST
-from pretrain.files import write_json
+from pretrain.dataset import MAKE_TOKENS, MANIFEST, TokenDataset, TokensError, read_manifest
 from pretrain.host_memory import keep_freed_memory
 from pretrain.model import CausalLM, ModelConfig, compile_layers
+from refine.atomic_file import write_json_atomic as write_json  # = pretrain.files'
 
 log = logging.getLogger("pretrain.train")
 
 STATE_FILE = "train_state.json"  # in each checkpoint tag: the client state as JSON
 METRICS_FILE = "metrics.csv"
-METRICS = ("step", "split", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu", "time_s")
-# Dense peak FLOP/s per device for MFU (bf16 tensor cores; fp32 runs get the fp32/tf32 entry).
-PEAK_FLOPS = {("H200", True): 989e12, ("H100", True): 989e12, ("A100", True): 312e12,
-              ("L40S", True): 362e12, ("A10", True): 125e12,
-              ("H200", False): 494e12, ("H100", False): 494e12, ("A100", False): 156e12}
+METRICS = ("step", "split", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu", "time_s",
+           "compile_s")
+# Dense (no sparsity) peak FLOP/s per device for MFU, by a pattern of
+# torch.cuda.get_device_name(): (bf16 tensor cores, TF32 tensor cores, which fp32 training
+# uses: `train` enables TF32 on CUDA). First match wins, so the variants come before the plain
+# name: "NVIDIA H100 PCIe" and "NVIDIA H100 NVL" are not the SXM part ("NVIDIA H100 80GB HBM3").
+PEAK_FLOPS: list[tuple[str, float, float]] = [
+    (r"H100.*\bNVL\b", 835e12, 418e12),
+    (r"H100.*\bPCIe\b", 756e12, 378e12),
+    (r"H100\b", 989e12, 494e12),  # SXM
+    (r"H200.*\bNVL\b", 835e12, 418e12),
+    (r"H200\b", 989e12, 494e12),
+    (r"A100\b", 312e12, 156e12),  # SXM and PCIe alike
+    (r"L40S\b", 362e12, 183e12),
+    (r"\bA10\b", 125e12, 62.5e12),  # not the A10G (AWS), whose peaks differ
+]
 
 
 # --- arguments and configs -------------------------------------------------------------------
@@ -89,6 +112,7 @@ OVERRIDES = {  # TrainingConfig fields settable by flag (help text)
     "checkpoint_every": "checkpoint every K steps",
     "log_every": "console log every K steps (metrics.csv gets every step)",
     "seed": "seed of initialisation and data order",
+    "keep_latest_k": "keep only the newest K checkpoints (older tags are deleted after a save)",
 }
 
 
@@ -166,6 +190,10 @@ def deepspeed_config(path: Path, training: TrainingConfig, world_size: int,
     bf16 = ds.setdefault("bf16", {"enabled": "auto"})
     if bf16.get("enabled") == "auto":
         bf16["enabled"] = bf16_supported
+    if bf16["enabled"]:
+        # gradients accumulate over grad_accum micro-batches in fp32, not bf16 (under ZeRO-1
+        # this is DeepSpeed's BF16_Optimizer; pretrain.export reads its checkpoints too)
+        ds.setdefault("data_types", {}).setdefault("grad_accum_dtype", "fp32")
     if ds.get("fp16", {}).get("enabled") is True:
         raise ConfigError(f"{path}: fp16 is not supported (use bf16)")
     if training.compile and ds.get("zero_optimization", {}).get("stage", 0) == 3:
@@ -188,15 +216,33 @@ def lr_at(step: int, training: TrainingConfig) -> float:
         training.lr - training.min_lr)
 
 
+def peak_flops_of(name: str, bf16: bool) -> float | None:
+    """The PEAK_FLOPS entry of a device name (bf16, else TF32), or None for an unknown one."""
+    for pattern, bf16_peak, tf32_peak in PEAK_FLOPS:
+        if re.search(pattern, name, flags=re.IGNORECASE):
+            return bf16_peak if bf16 else tf32_peak
+    return None
+
+
 def peak_flops(device: torch.device, bf16: bool, declared: float | None) -> float | None:
     """Peak FLOP/s of one device: the declared value, a table entry for known GPUs, or None."""
     if declared is not None:
         return declared
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for (gpu, is_bf16), peak in PEAK_FLOPS.items()
-                 if gpu in name and is_bf16 == bf16), None)
+    return peak_flops_of(torch.cuda.get_device_name(device), bf16)
+
+
+def compile_seconds() -> float:
+    """Seconds torch.compile has spent in this process so far: dynamo + inductor on the first
+    forward of each compiled layer, and the backward graph's compilation on its first
+    backward (AOTAutograd compiles it lazily). 0 when nothing was compiled."""
+    try:
+        from torch._dynamo.utils import compilation_time_metrics
+    except ImportError:  # pragma: no cover - torch without dynamo
+        return 0.0
+    return sum(sum(compilation_time_metrics.get(key, ()))
+               for key in ("_compile.compile_inner", "backward._backward_impl"))
 
 
 # --- distributed setup -----------------------------------------------------------------------
@@ -220,22 +266,84 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def all_mean(value: float, device: torch.device) -> float:
-    """The mean of `value` over all ranks."""
+def all_mean(value: float | torch.Tensor, device: torch.device) -> float:
+    """The mean of `value` (a float or a one-element tensor, e.g. a loss sum still on the
+    device) over all ranks; the only host sync is the final .item()."""
     import deepspeed.comm as dist
 
-    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().to(device=device, dtype=torch.float64).reshape(1)
+    else:
+        tensor = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return tensor.item() / dist.get_world_size()
 
 
 # --- data ------------------------------------------------------------------------------------
 
-def batches(dataset: TokenDataset, micro_batch_size: int, device: torch.device):
-    """This rank's micro-batches, in order: (micro_batch_size, seq_len + 1) int64 tensors."""
+def host_batches(dataset: TokenDataset, micro_batch_size: int, pin: bool):
+    """This rank's micro-batches on the host, in order: (micro_batch_size, seq_len + 1) int64
+    tensors, in page-locked memory when `pin` (so that the copy to the GPU is asynchronous)."""
     for start in range(0, len(dataset) - micro_batch_size + 1, micro_batch_size):
         rows = [dataset[i] for i in range(start, start + micro_batch_size)]
-        yield torch.from_numpy(np.stack(rows)).to(device)
+        batch = torch.from_numpy(np.stack(rows))
+        yield batch.pin_memory() if pin else batch
+
+
+def batches(dataset: TokenDataset, micro_batch_size: int, device: torch.device,
+            prefetch: int = 2):
+    """This rank's micro-batches on `device`, in order: (micro_batch_size, seq_len + 1) int64
+    tensors. A thread reads the next `prefetch` batches from the memmaps ahead of the training
+    loop (into pinned memory on CUDA), and each is copied with non_blocking=True, so neither the
+    read nor the copy waits for the GPU, nor the GPU for them. prefetch=0: no thread."""
+    pin = device.type == "cuda" and torch.cuda.is_available()
+    source = host_batches(dataset, micro_batch_size, pin)
+    if prefetch > 0:
+        source = prefetched(source, prefetch)
+    for batch in source:
+        yield batch.to(device, non_blocking=pin)
+
+
+def prefetched(items, depth: int):
+    """`items` produced by a daemon thread up to `depth` ahead; in order; its exception is
+    raised here. The thread stops when the consumer goes away (it checks between items)."""
+    import queue
+    import threading
+
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    done, stop = object(), threading.Event()
+
+    def offer(item: Any) -> bool:
+        """Put `item` once there is room; False when the consumer has gone."""
+        while not stop.is_set():
+            try:
+                buffer.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not offer(item):
+                    return
+            offer(done)
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer
+            offer(error)
+
+    thread = threading.Thread(target=produce, name="batch-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = buffer.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
 
 
 def epochs_for(tokens: Path, split: str, seq_len: int, world_size: int, samples: int) -> int:
@@ -289,6 +397,25 @@ def resume_mode(output: Path, world_size: int, universal: bool) -> str | None:
     return "latest"
 
 
+def prune_checkpoints(output: Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` checkpoint tags `global_step{N}` of OUTPUT, and never
+    the one `latest` names (nor universal checkpoints, nor anything else); the deleted ones.
+    Called after a successful save, when `latest` names the new tag."""
+    import shutil
+
+    latest = tag_step(output, "latest")
+    tags = sorted(((int(m[1]), path) for path in output.glob("global_step*")
+                   if path.is_dir() and (m := re.fullmatch(r"global_step(\d+)", path.name))),
+                  reverse=True)
+    deleted = []
+    for number, path in tags[keep:]:
+        if number == latest:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        deleted.append(path)
+    return deleted
+
+
 def truncate_metrics(path: Path, step: int) -> None:
     """Drop metric rows after `step` (left by a run that died after its last checkpoint)."""
     if not path.is_file():
@@ -326,11 +453,14 @@ def evaluate(engine: Any, dataset: TokenDataset, training: TrainingConfig,
     """Mean loss over eval_steps micro-batches per rank of the validation split (always the
     same batches), averaged over ranks."""
     engine.eval()
-    losses = [engine(batch, labels=batch).loss.item() for _, batch in
-              zip(range(training.eval_steps), batches(dataset, training.micro_batch_size, device),
-                  strict=False)]
+    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
+    for _, batch in zip(range(training.eval_steps),
+                        batches(dataset, training.micro_batch_size, device, prefetch=0),
+                        strict=False):
+        total += engine(batch, labels=batch).loss.detach().double()  # no host sync
+        count += 1
     engine.train()
-    return all_mean(sum(losses) / len(losses), device)
+    return all_mean(total / count, device)
 
 
 def init_distributed() -> tuple[int, int, torch.device]:
@@ -477,6 +607,12 @@ def train(args: argparse.Namespace) -> int:
     engine = build_engine(model, ds_config, training.weight_decay)
     stage = engine.zero_optimization_stage()
     bf16 = ds_config["bf16"]["enabled"]
+    if device.type == "cuda" and not bf16:
+        # fp32 training on CUDA: matmuls and convolutions on TF32 tensor cores (10-bit
+        # mantissa products, fp32 accumulation), as the fp32 peaks in PEAK_FLOPS assume
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.allow_tf32 = True
+        log.info("fp32 on CUDA: TF32 tensor cores enabled for matmuls and convolutions")
     log.info("rank 0 of %d on %s: ZeRO stage %d, %s, %.2fM parameters, global batch %d x %d "
              "tokens", world_size, device, stage, "bf16" if bf16 else "fp32",
              num_params / 1e6, training.micro_batch_size * training.grad_accum
@@ -550,34 +686,47 @@ def train(args: argparse.Namespace) -> int:
             write_json(args.output / tag / STATE_FILE, state)
         engine.save_checkpoint(str(args.output), tag=tag, client_state=state)
         log.info("step %d: saved checkpoint %s", step, args.output / tag)
+        if training.keep_latest_k is not None and int(os.environ.get("LOCAL_RANK", 0)) == 0:
+            # one rank per node: on storage the nodes share, they race harmlessly
+            for old in prune_checkpoints(args.output, training.keep_latest_k):
+                log.info("deleted checkpoint %s (keep_latest_k %d)", old,
+                         training.keep_latest_k)
 
     log.info("training steps %d..%d of %d", step + 1, last, training.max_steps)
     engine.train()
-    clock = time.perf_counter()
+    clock, compiled = time.perf_counter(), compile_seconds()
     while step < last:
         lr = lr_at(step + 1, training)
         for group in engine.optimizer.param_groups:
             group["lr"] = lr
-        loss_sum = 0.0
+        # the losses stay on the device: one host sync per step (all_mean's .item()), not one
+        # per micro-batch; float64 sums as Python's were, so the logged values are unchanged
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         for _ in range(training.grad_accum):
             batch = next(data)
             loss = engine(batch, labels=batch).loss
             engine.backward(loss)
             engine.step()  # applies the update after the last micro-batch only
-            loss_sum += loss.item()
+            loss_sum += loss.detach().double()
         step += 1
         consumed += samples_per_step
         loss = all_mean(loss_sum / training.grad_accum, device)
         grad_norm = engine.get_global_grad_norm()
         grad_norm = float(grad_norm) if grad_norm is not None else None
-        now = time.perf_counter()
-        tokens_per_s = tokens_per_step / (now - clock)
-        clock = now
+        now, compiled_now = time.perf_counter(), compile_seconds()
+        # torch.compile's time (the first step; a recompile) is not training throughput
+        compile_s = compiled_now - compiled
+        tokens_per_s = tokens_per_step / max(now - clock - compile_s, 1e-9)
+        clock, compiled = now, compiled_now
         mfu = flops_per_token * tokens_per_s / (peak * world_size) if peak else None
         metrics.write(step=step, split="train", loss=f"{loss:.8f}", lr=f"{lr:.6e}",
                       grad_norm=None if grad_norm is None else f"{grad_norm:.6f}",
                       tokens=consumed * training.seq_len, tokens_per_s=f"{tokens_per_s:.1f}",
-                      mfu=None if mfu is None else f"{mfu:.4f}", time_s=f"{time.time():.3f}")
+                      mfu=None if mfu is None else f"{mfu:.4f}", time_s=f"{time.time():.3f}",
+                      compile_s=f"{compile_s:.3f}" if compile_s else None)
+        if compile_s:
+            log.info("step %d: torch.compile took %.1f s (left out of tokens/s and MFU)", step,
+                     compile_s)
         if step % training.log_every == 0 or step == last:
             log.info("step %d/%d | loss %.4f | lr %.2e | grad norm %s | %.0f tokens/s | MFU %s",
                      step, training.max_steps, loss, lr,
@@ -593,6 +742,9 @@ def train(args: argparse.Namespace) -> int:
             save(step)
             clock = time.perf_counter()
     log.info("done at step %d; checkpoints in %s", step, args.output)
+    if device.type == "cuda":
+        log.info("peak device memory %.3f GiB (torch.cuda.max_memory_allocated)",
+                 torch.cuda.max_memory_allocated(device) / 2**30)
     return 0
 
 

@@ -269,3 +269,60 @@ def test_export_without_a_recorded_tokenizer_fails_naming_the_flag(trained, toke
         assert last.startswith("error: ") and "Traceback" not in done.stderr
         assert message in last and "pass --tokenizer" in last
         assert not (tmp_path / f"hf{number}").exists()  # fails before writing anything
+
+
+def test_bf16_optimizer_checkpoints_are_consolidated_from_every_ranks_fragments(tmp_path):
+    """DeepSpeed's BF16_Optimizer (ZeRO-1, bf16, fp32 gradient accumulation) saves per rank a
+    flat fp32 partition per group and name -> (numel, start) of each parameter's fragment in
+    it; a parameter may straddle ranks. Made by hand here (two ranks, two groups, a tied
+    lm_head); the real files are tested in tests/test_train.py (bf16 under ZeRO 1-3)."""
+    pytest.importorskip("deepspeed")
+    from collections import OrderedDict
+
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    from pretrain.export import consolidated_state_dict, is_bf16_optimizer_checkpoint
+
+    torch.manual_seed(0)
+    groups = [OrderedDict([("model.embed_tokens.weight", torch.randn(5, 3)),
+                           ("model.layers.0.mlp.up_proj.weight", torch.randn(2, 3))]),
+              OrderedDict([("model.norm.weight", torch.randn(3))])]
+    tag = tmp_path / "global_step7"
+    tag.mkdir()
+    torch.save({"module": {}, "param_shapes": [OrderedDict((n, t.shape) for n, t in g.items())
+                                               for g in groups],
+                "shared_params": {"lm_head.weight": "model.embed_tokens.weight"}},
+               tag / "mp_rank_00_model_states.pt")
+    partitions: list[list[torch.Tensor]] = [[], []]
+    mappings: list[list[OrderedDict]] = [[], []]
+    for group in groups:
+        flat = torch.cat([t.reshape(-1) for t in group.values()])
+        flat = torch.cat([flat, torch.zeros(-len(flat) % 2)])  # padded to 2 equal partitions
+        size = len(flat) // 2
+        offset = 0
+        for rank in range(2):
+            partitions[rank].append(flat[rank * size:(rank + 1) * size].clone())
+            mappings[rank].append(OrderedDict())
+        for name, tensor in group.items():
+            for rank in range(2):
+                lo, hi = max(offset, rank * size), min(offset + tensor.numel(), (rank + 1) * size)
+                if lo < hi:
+                    mappings[rank][-1][name] = fragment_address(numel=hi - lo,
+                                                                start=lo - rank * size)
+            offset += tensor.numel()
+    for rank in range(2):
+        torch.save({"optimizer_state_dict": {
+            "single_partition_of_fp32_groups": partitions[rank], "group_paddings": [0, 0],
+            "partition_count": [2, 2], "param_slice_mappings": mappings[rank],
+            "base_optimizer_state": {}, "clip_grad": 1.0}},
+            tag / f"bf16_zero_pp_rank_{rank}_mp_rank_00_optim_states.pt")
+    assert is_bf16_optimizer_checkpoint(tag)
+    weights = consolidated_state_dict(tmp_path, "global_step7")
+    expected = {name: t for group in groups for name, t in group.items()}
+    assert sorted(weights) == sorted([*expected, "lm_head.weight"])
+    for name, tensor in expected.items():
+        assert torch.equal(weights[name], tensor), name
+    assert torch.equal(weights["lm_head.weight"], expected["model.embed_tokens.weight"])
+    (tag / "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt").unlink()
+    with pytest.raises(ValueError, match="one of 2 ranks.*holds 1 BF16_Optimizer files"):
+        consolidated_state_dict(tmp_path, "global_step7")

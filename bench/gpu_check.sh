@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# GPU smoke check of pretraining (issue #19), for a machine that has Python 3.11 and torch
+# (CUDA) but none of this project's other dependencies.
+#
+#   make gpu-bundle                      # here (CPU, online): wheels into build/gpu-bundle/
+#   bash bench/gpu_check.sh              # there, from a copy of the repo with build/gpu-bundle
+#
+# It installs the bundle's wheels into a temporary directory on PYTHONPATH (nothing goes into
+# site-packages, no network), makes synthetic tokens (pretrain.dataset.write_synthetic_tokens,
+# 32,000-token vocabulary), trains configs/pretrain/125m.yaml on one GPU in bf16 with
+# configs/deepspeed/gpu/zero2.json and --compile for 30 steps (warmup 10, no evaluation until
+# the last step, one checkpoint at the end), exports the checkpoint's fp32 master weights
+# (pretrain.export) and compares the logits of the export loaded by transformers in bf16 with
+# the training model's (pretrain.model.CausalLM, bf16) on a validation batch. Prints one JSON
+# line: tokens/s and MFU (steps 2-30: step 1 includes compiling, reported as compile_s), peak
+# GPU memory, compile seconds, first and last training loss, the logits' max |difference|.
+# Everything it writes (wheels, tokens, checkpoint, torch.compile/Triton caches, DeepSpeed
+# extensions, bytecode) lies in one temporary directory, removed on exit, also on failure.
+# Budget: 8 minutes in all (GPU_CHECK_BUDGET_S, default 470 s): each stage runs under
+# `timeout` with what is left of it, and a stage that runs out fails the check (exit 124).
+#
+# GPU_CHECK_CPU=1 runs the same on CPU with configs/pretrain/tiny.yaml and
+# configs/deepspeed/zero2.json for 3 steps, eager, fp32 training (the CPU accelerator's "auto"),
+# a 3,000-token vocabulary: the test of this script on a machine without a GPU.
+# PYTHON (default python3) is the interpreter with torch; GPU_BUNDLE (default
+# build/gpu-bundle) the wheel directory.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BUNDLE=${GPU_BUNDLE:-$REPO/build/gpu-bundle}
+PY=${PYTHON:-python3}
+START=$(date +%s)
+DEADLINE=$((START + ${GPU_CHECK_BUDGET_S:-470}))
+
+# stage NAME COMMAND...: COMMAND under the time left; on failure say which stage, and exit
+stage() {
+    local name=$1 left code=0
+    shift
+    left=$((DEADLINE - $(date +%s)))
+    if [ "$left" -le 0 ]; then
+        echo "gpu_check: out of time before: $name" >&2
+        exit 124
+    fi
+    timeout "$left" "$@" || code=$?
+    if [ $code -ne 0 ]; then
+        if [ "$name" = training ] && [ -f "$WORK/train.log" ]; then
+            tail -n 40 "$WORK/train.log" >&2
+        fi
+        [ $code -eq 124 ] && echo "gpu_check: out of time in: $name" >&2
+        echo "gpu_check: $name failed (exit $code)" >&2
+        exit $code
+    fi
+}
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")
+cleanup() { rm -rf "$WORK"; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+if [ "${GPU_CHECK_CPU:-0}" = 1 ]; then
+    CONFIG=configs/pretrain/tiny.yaml DS=configs/deepspeed/zero2.json STEPS=3 VOCAB=3000
+    EXTRA=(--no-compile --micro_batch_size 4 --grad_accum 2)
+    export DS_ACCELERATOR=cpu OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+else
+    CONFIG=configs/pretrain/125m.yaml DS=configs/deepspeed/gpu/zero2.json STEPS=30 VOCAB=32000
+    EXTRA=(--compile)
+fi
+
+# every cache and scratch file of this run inside WORK
+export TORCHINDUCTOR_CACHE_DIR=$WORK/cache/inductor TRITON_CACHE_DIR=$WORK/cache/triton \
+    TRITON_HOME=$WORK/cache/triton-home TORCH_EXTENSIONS_DIR=$WORK/cache/torch_extensions \
+    HF_HOME=$WORK/cache/hf XDG_CACHE_HOME=$WORK/cache PYTHONPYCACHEPREFIX=$WORK/pycache \
+    MPLCONFIGDIR=$WORK/cache/mpl TMPDIR=$WORK/tmp HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_CONFIG_FILE=/dev/null
+mkdir -p "$WORK/tmp"
+
+shopt -s nullglob
+wheels=("$BUNDLE"/*.whl)
+if [ ${#wheels[@]} -eq 0 ]; then
+    echo "gpu_check: no wheels in $BUNDLE: run \`make gpu-bundle\` on a machine with internet" >&2
+    exit 2
+fi
+"$PY" -c 'import sys, torch; assert sys.version_info[:2] == (3, 11), sys.version' || {
+    echo "gpu_check: $PY needs to be CPython 3.11 with torch (the bundle's wheels are cp311)" >&2
+    exit 2; }
+stage "installing the bundle" "$PY" -m pip install --quiet --no-index --no-deps \
+    --target "$WORK/site" "${wheels[@]}"
+export PYTHONPATH=$WORK/site:$REPO
+
+cd "$REPO"
+stage "synthetic tokens" "$PY" -c "from pretrain.dataset import write_synthetic_tokens as w; \
+w('$WORK/tokens', vocab_size=$VOCAB, train_tokens=1 << 22, val_tokens=1 << 18)"
+
+# the trainer's output goes to WORK/train.log; its tail is shown when training fails
+stage "training" sh -c 'log=$1; shift; exec "$@" > "$log" 2>&1' sh "$WORK/train.log" \
+    "$PY" pretrain/train.py --config "$CONFIG" --deepspeed_config "$DS" --data "$WORK/tokens" \
+    --output "$WORK/ckpt" --max_steps "$STEPS" --warmup_steps "$((STEPS / 3))" \
+    --eval_every "$STEPS" --eval_steps 2 --checkpoint_every "$STEPS" --log_every 10 \
+    "${EXTRA[@]}"
+
+stage "export and logits comparison" "$PY" - "$WORK" "$CONFIG" "$DS" "$START" <<'PYTHON'
+import contextlib
+import csv
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from pretrain.dataset import TokenDataset
+from pretrain.export import consolidated_state_dict, load_hf_model, save_hf_model
+from pretrain.model import ModelConfig
+
+work, config, ds, start = Path(sys.argv[1]), sys.argv[2], sys.argv[3], float(sys.argv[4])
+ckpt = work / "ckpt"
+with open(ckpt / "metrics.csv", newline="") as stream:
+    rows = [r for r in csv.DictReader(stream) if r["split"] == "train"]
+later = rows[1:] or rows  # step 1 includes torch.compile's time (left out, but warm-up)
+
+
+def mean(key: str) -> float | None:
+    values = [float(r[key]) for r in later if r[key]]
+    return sum(values) / len(values) if values else None
+
+
+with contextlib.redirect_stdout(sys.stderr):  # stdout: the JSON line only
+    log = (work / "train.log").read_text()
+    peak = re.search(r"peak device memory ([\d.]+) GiB", log)
+    tag = (ckpt / "latest").read_text().strip()
+    state = json.loads((ckpt / tag / "train_state.json").read_text())
+    model_config = ModelConfig(**state["model"])
+    out = save_hf_model(consolidated_state_dict(ckpt, tag), model_config, work / "hf")
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    import transformers  # noqa: E402
+
+    hf = transformers.LlamaForCausalLM.from_pretrained(out, dtype=torch.bfloat16).to(device).eval()
+    ours = load_hf_model(out).to(device=device, dtype=torch.bfloat16)
+    val = TokenDataset(work / "tokens", min(512, state["training"]["seq_len"]), "val")
+    batch = torch.from_numpy(val[0][None, :-1]).to(device).repeat(2, 1)
+    with torch.no_grad():
+        diff = (hf(batch).logits.float() - ours(batch).logits.float()).abs().max().item()
+print(json.dumps({
+    "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+    "config": config, "deepspeed_config": ds, "steps": int(rows[-1]["step"]),
+    "tokens_per_s": round(mean("tokens_per_s"), 1),
+    "mfu": None if mean("mfu") is None else round(mean("mfu"), 4),
+    "peak_memory_gib": float(peak[1]) if peak else None,
+    "compile_s": round(sum(float(r["compile_s"]) for r in rows if r.get("compile_s")), 1),
+    "loss_first": float(rows[0]["loss"]), "loss_last": float(rows[-1]["loss"]),
+    "export_bf16_logits_max_abs_diff": diff,
+    "wall_s": round(time.time() - start, 1)}))
+PYTHON
