@@ -111,7 +111,7 @@ def test_tokenize_from_a_bucket_to_a_local_and_a_remote_out(s3, bucket_tokenizer
     assert expected and all(name.split("/")[0] in SPLITS for name in expected)
 
     out = tmp_path / "tokens"
-    pretrain(s3, cwd, "tokenize", "--data", DATA, "--tokenizer", local_tok, "--out", out,
+    pretrain(s3, cwd, "encode", "--data", DATA, "--tokenizer", local_tok, "--out", out,
              "--val-fraction", VAL_FRACTION, "--workers", "1", "--quiet")
     got = local_files(out)
     manifest = json.loads(got.pop(MANIFEST))
@@ -120,7 +120,7 @@ def test_tokenize_from_a_bucket_to_a_local_and_a_remote_out(s3, bucket_tokenizer
     assert manifest["source"]["data"] == DATA
 
     remote_out = f"s3://{BUCKET}/tokens"
-    pretrain(s3, cwd, "tokenize", "--data", DATA, "--tokenizer", remote_tok, "--out",
+    pretrain(s3, cwd, "encode", "--data", DATA, "--tokenizer", remote_tok, "--out",
              remote_out, "--val-fraction", VAL_FRACTION, "--workers", "1", "--quiet")
     in_bucket = bucket_files(remote_out)
     manifest = json.loads(in_bucket.pop(MANIFEST))
@@ -130,7 +130,7 @@ def test_tokenize_from_a_bucket_to_a_local_and_a_remote_out(s3, bucket_tokenizer
     assert SECRET not in json.dumps(manifest)
     assert list(cwd.iterdir()) == []
 
-    again = pretrain(s3, cwd, "tokenize", "--data", DATA, "--tokenizer", remote_tok, "--out",
+    again = pretrain(s3, cwd, "encode", "--data", DATA, "--tokenizer", remote_tok, "--out",
                      remote_out, "--quiet", ok=False)
     assert again.returncode == 2 and "--overwrite" in again.stderr
     assert bucket_files(remote_out).keys() == {MANIFEST, *expected}  # nothing removed
@@ -143,7 +143,7 @@ def test_tokenize_refuses_to_overwrite_a_bucket_prefix_that_is_not_tokens(s3, bu
     fsspec.filesystem("s3").pipe_file(f"{BUCKET}/mine/train/notes.txt", b"not a shard")
     for out in (RUN, f"s3://{BUCKET}/mine"):  # a refine run; a train/ that is not token shards
         before = bucket_files(f"s3://{BUCKET}")
-        done = pretrain(s3, cwd, "tokenize", "--data", DATA, "--tokenizer", local_tok, "--out",
+        done = pretrain(s3, cwd, "encode", "--data", DATA, "--tokenizer", local_tok, "--out",
                         out, "--overwrite", "--quiet", ok=False)
         assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
         assert done.stderr.splitlines()[-1].startswith(f"error: {out}")
@@ -151,11 +151,11 @@ def test_tokenize_refuses_to_overwrite_a_bucket_prefix_that_is_not_tokens(s3, bu
         assert bucket_files(f"s3://{BUCKET}") == before  # nothing removed
 
 
-@pytest.mark.parametrize("module", ["tokenizer", "tokenize"])
+@pytest.mark.parametrize("module", ["tokenizer", "encode"])
 def test_a_missing_remote_data_directory_is_an_error_line(s3, bucket_tokenizer, module):
     local_tok, _, cwd = bucket_tokenizer
     missing = f"s3://{BUCKET}/runs/no-such-run/data"
-    extra = ["--tokenizer", local_tok] if module == "tokenize" else []
+    extra = ["--tokenizer", local_tok] if module == "encode" else []
     done = pretrain(s3, cwd, module, "--data", missing, *extra, "--out",
                     f"s3://{BUCKET}/out-{module}", "--quiet", ok=False)
     assert done.returncode == 2, done.stderr[-3000:]
