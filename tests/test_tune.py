@@ -75,8 +75,18 @@ def test_help_explains_the_search():
     (["--eval_data", "MISSING"], "--eval_data"),
     (["--task", "sft"], "not a JSON object"),  # the MRPC TSV is no SFT JSONL
 ])
-def test_a_bad_flag_fails_before_any_work(init, tmp_path, capsys, flags, expected):
+def test_a_bad_flag_fails_before_any_work(init, tmp_path, capsys, monkeypatch, flags, expected):
     """Exit status 2 with the flag and the reason; no Ray started, no OUT made."""
+    import ray
+
+    import refine.dag
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was started for a bad flag")
+
+    # (the suite's own local Ray may be up already: watch for a start, not for a Ray)
+    monkeypatch.setattr(refine.dag, "init_ray", no_ray)
+    monkeypatch.setattr(ray, "init", no_ray)
     data = mrpc_subset("train", tmp_path / "train.tsv", 64)
     if "LABEL3" in flags:
         data.write_text(data.read_text().replace("\n1\t", "\n3\t", 1))
@@ -94,9 +104,6 @@ def test_a_bad_flag_fails_before_any_work(init, tmp_path, capsys, flags, expecte
     assert code == 2 and expected in err, err
     assert "Traceback" not in err
     assert not (tmp_path / "out").exists()
-    import ray
-
-    assert not ray.is_initialized()
 
 
 @pytest.mark.parametrize("overwrite", [False, True])
