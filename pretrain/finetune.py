@@ -6,10 +6,11 @@
 
 INIT is an exported directory (`python -m pretrain.export`: config.json, model.safetensors,
 tokenizer files) or a pretrain.train checkpoint directory CKPT (consolidated from its ZeRO
-shards in memory, as pretrain.export does; its tokenizer from --tokenizer or the one it
-recorded, as pretrain.export finds it). The tokenizer is the SentencePiece model
-(tokenizer.model) of INIT (or --tokenizer), encoding as pretrain.encode does
-(`pretrain.codec.LosslessTokenizer`): the pretraining ids. Data formats: see pretrain.finetune_data.
+shards in memory by pretrain.export's `consolidated_state_dict`; its tokenizer from
+--tokenizer or the one it recorded, as pretrain.export finds it). The tokenizer is the
+SentencePiece model (tokenizer.model) of INIT (or --tokenizer), encoding as pretrain.encode
+does (`pretrain.codec.LosslessTokenizer`): the pretraining ids. Data formats: see
+pretrain.finetune_data.
 
 The engine is pretrain.train's (same DeepSpeed JSON filling, AdamW groups, warmup + cosine lr),
 built from this command's flags instead of a YAML. Before and after training the model is
@@ -17,7 +18,11 @@ evaluated on --eval_data (default: the training data): mean token loss (sft, tex
 accuracy, F1 of class 1, macro-F1 and the majority-class baseline (classify). OUT/ receives the
 export (sft, text: a transformers LlamaForCausalLM directory; classify:
 LlamaForSequenceClassification with num_labels and pad_token_id), the tokenizer files,
-metrics.csv (loss and lr per step) and results.json (also printed as one JSON line).
+metrics.csv (loss and lr per step) and results.json (also printed as one JSON line; INIT, the
+data files and the tokenizer directory in it as absolute paths, so they hold from any working
+directory). Under bf16 the export holds the optimizer's fp32 master weights, not the module's
+bf16 copy: they are saved as a DeepSpeed checkpoint in a scratch directory beside OUT and
+consolidated as pretrain.export consolidates a pretraining checkpoint (see `export_state_dict`).
 
 Length of training: --steps N optimizer steps (default 100), or --epochs E passes over the
 training data, not both. An epoch is one seeded shuffle of the training examples cut into
@@ -58,12 +63,13 @@ from pretrain.codec import LosslessTokenizer
 from pretrain.config import ConfigError, TrainingConfig, parse
 from pretrain.export import (
     CONFIG_FILE,
+    consolidated_state_dict,
     hf_state_dict,
     load_hf_model,
     recorded_tokenizer,
     save_hf_model,
 )
-from pretrain.files import write_json
+from pretrain.files import describe, write_json
 from pretrain.finetune_data import PAD_ID, READERS, Example, collate
 from pretrain.model import CausalLM, ModelConfig
 from pretrain.train import (
@@ -202,11 +208,9 @@ def load_init(init: Path, tokenizer: Path | None, tag: str | None) -> tuple[Caus
     """The pretrained CausalLM and the tokenizer directory."""
     if (init / CONFIG_FILE).is_file():
         return load_hf_model(init), tokenizer or init
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
     tag, state = checkpoint_state(init, tag)
     config = ModelConfig(**state["model"])
-    weights = hf_state_dict(get_fp32_state_dict_from_zero_checkpoint(str(init), tag=tag), config)
+    weights = hf_state_dict(consolidated_state_dict(init, tag), config)
     model = CausalLM(config)
     model.load_state_dict(weights, strict=not config.tie_word_embeddings)
     if tokenizer is not None:
@@ -266,6 +270,28 @@ def full_state_dict(engine: Any) -> dict[str, torch.Tensor]:
         with deepspeed.zero.GatheredParameters(list(module.parameters())):
             return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def export_state_dict(engine: Any, scratch: Path, rank: int) -> dict[str, torch.Tensor]:
+    """The weights to export, on CPU; a collective (every rank calls it). fp32: the module's
+    own (`full_state_dict`). bf16: the module holds a bf16 copy of the optimizer's fp32 master
+    weights, which are exported instead: saved as a DeepSpeed checkpoint in `scratch` (a
+    directory every rank sees; rank 0 removes it after) and consolidated there by
+    pretrain.export's `consolidated_state_dict`, on rank 0 (the other ranks get {})."""
+    if not engine.bfloat16_enabled():
+        return full_state_dict(engine)
+    import deepspeed.comm as dist
+
+    if rank == 0:  # a scratch directory left by a run that died while exporting
+        shutil.rmtree(scratch, ignore_errors=True)
+    dist.barrier()
+    engine.save_checkpoint(str(scratch), tag="master")  # ends with a barrier: all files there
+    if rank != 0:
+        return {}
+    try:
+        return consolidated_state_dict(scratch, "master")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def check_output(output: Path, overwrite: bool) -> None:
@@ -343,6 +369,8 @@ def finetune(args: argparse.Namespace, on_eval: EvalCallback | None = None) -> d
     bf16 = device.type != "cpu" and get_accelerator().is_bf16_supported()
     ds = deepspeed_config(args.deepspeed_config, training, world_size, bf16)
     engine = build_engine(model, ds, training.weight_decay)
+    # beside OUT, not in it (--overwrite replaces OUT), on storage every rank sees as OUT's
+    scratch = args.output.parent / f".{args.output.name}.fp32-master"
     engine.train()
     log.info("%s fine-tuning from %s: %d training examples, %d eval, %d steps (%.3g epochs) on "
              "%d rank(s), ZeRO stage %d", args.task, args.init, len(train_data), len(eval_data),
@@ -354,7 +382,7 @@ def finetune(args: argparse.Namespace, on_eval: EvalCallback | None = None) -> d
                         device, num_labels)
 
     def export(out: Path) -> None:
-        state = full_state_dict(engine)
+        state = export_state_dict(engine, scratch, rank)
         if rank == 0:
             save_model(state, args.task, lm.config, num_labels, Path(out), tokenizer_dir)
 
@@ -387,9 +415,10 @@ def finetune(args: argparse.Namespace, on_eval: EvalCallback | None = None) -> d
             if on_eval is not None:
                 on_eval(record, export)
     after = {k: v for k, v in evals[-1].items() if k not in ("step", "epoch")}
-    state = full_state_dict(engine)
-    result = {"task": args.task, "init": str(args.init), "data": str(args.data),
-              "eval_data": str(args.eval_data or args.data), "steps": training.max_steps,
+    state = export_state_dict(engine, scratch, rank)
+    result = {"task": args.task, "init": describe(args.init), "data": describe(args.data),
+              "eval_data": describe(args.eval_data or args.data),
+              "tokenizer": describe(tokenizer_dir), "steps": training.max_steps,
               "epochs": args.epochs, "steps_per_epoch": per_epoch / training.grad_accum,
               "ranks": world_size, "train_examples": len(train_data),
               "hyperparameters": {

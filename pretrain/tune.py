@@ -410,8 +410,8 @@ def tune_run(args: argparse.Namespace) -> dict[str, Any]:
         for item in Path(directory).iterdir():
             (shutil.copytree if item.is_dir() else shutil.copy2)(item, args.output / item.name)
     best = next(t for t in trials if t["trial_id"] == best_scores["trial_id"])
-    summary = {"task": args.task, "init": str(args.init), "data": str(args.data),
-               "eval_data": str(args.eval_data or args.data), "metric": args.metric,
+    summary = {"task": args.task, "init": absolute(args.init), "data": absolute(args.data),
+               "eval_data": absolute(args.eval_data or args.data), "metric": args.metric,
                "mode": mode, "samples": args.samples, "seed": args.seed,
                "search_space": describe_space(args), "fixed": fixed,
                "scheduler": {"name": "ASHA", **scheduler},

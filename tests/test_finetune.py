@@ -44,10 +44,10 @@ ZERO1 = ROOT / "configs" / "deepspeed" / "zero1.json"
 SEQ = 128
 
 
-def run_finetune(*flags: str) -> dict:
-    """`python pretrain/finetune.py ...` (one process); its results.json line."""
-    done = subprocess.run([sys.executable, "pretrain/finetune.py", "--seq_len", str(SEQ),
-                           *flags], cwd=ROOT, capture_output=True, text=True, timeout=600,
+def run_finetune(*flags: str, cwd: Path = ROOT) -> dict:
+    """`python pretrain/finetune.py ...` (one process, in `cwd`); its results.json line."""
+    done = subprocess.run([sys.executable, str(ROOT / "pretrain" / "finetune.py"), "--seq_len",
+                           str(SEQ), *flags], cwd=cwd, capture_output=True, text=True, timeout=600,
                           env=os.environ | {"OMP_NUM_THREADS": "2"})
     assert done.returncode == 0, done.stderr[-5000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -384,3 +384,69 @@ def test_epochs_and_eval_every_record_the_evaluations_and_change_no_step(tmp_pat
     with open(tmp_path / "epochs" / "metrics.csv", newline="") as a, \
             open(tmp_path / "steps" / "metrics.csv", newline="") as b:
         assert list(csv.DictReader(a)) == list(csv.DictReader(b))
+
+
+@pytest.mark.slow
+def test_bf16_exports_the_fp32_master_weights_not_the_bf16_module(tmp_path):
+    """bf16 fine-tuning (ZeRO-1: DeepSpeed's BF16_Optimizer; the JSON forces bf16 on, as on
+    CPU "auto" means off): the module trains in bf16, the optimizer keeps fp32 master weights,
+    and the export holds those, consolidated from a checkpoint as pretrain.export does. The
+    master weights start as the bf16 module's (DeepSpeed casts the model first) and leave bf16's
+    grid with the first updates, so an export of the bf16 module would hold only values a bf16
+    holds exactly; their bf16 rounding is the module that was evaluated ("after")."""
+    from pretrain.export import load_hf_model
+
+    init = tiny_export(tmp_path / "hf", news_tokenizer(tmp_path / "tok"), steps=20)
+    ds = json.loads(ZERO1.read_text()) | {"bf16": {"enabled": True}}
+    (tmp_path / "zero1-bf16.json").write_text(json.dumps(ds))
+    data = news_sft(tmp_path / "sft.jsonl", count=16)
+    result = run_finetune("--init", str(init), "--data", str(data), "--task", "sft", "--output",
+                          str(tmp_path / "out"), "--steps", "3", "--warmup_steps", "0", "--lr",
+                          "1e-3", "--micro_batch_size", "4", "--deepspeed_config",
+                          str(tmp_path / "zero1-bf16.json"))
+    weights = load_state_dict_safely(tmp_path / "out")
+    for name, tensor in weights.items():
+        assert tensor.dtype == torch.float32, name
+        off_grid = (tensor.to(torch.bfloat16).float() != tensor).float().mean().item()
+        assert off_grid > 0.5, (name, off_grid)  # the bf16 module's: 0.0
+    # the evaluation after training ran the bf16 module: the export rounded to bf16 is it
+    model = load_hf_model(tmp_path / "out").to(torch.bfloat16)
+    examples = read_sft(data, LosslessTokenizer.load(tmp_path / "out").encode, SEQ)
+    loss_sum, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(examples), 4):
+            ids, labels = collate(examples[start:start + 4])
+            targets = int((labels[:, 1:] != IGNORE_INDEX).sum())
+            loss_sum += model(ids, labels=labels).loss.item() * targets
+            count += targets
+    assert loss_sum / count == pytest.approx(result["after"]["loss"], rel=1e-6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "hf", "out", "sft.jsonl", "tok", "zero1-bf16.json"]  # the scratch checkpoint is gone
+
+
+@pytest.mark.slow
+def test_results_record_absolute_paths_that_rerun_from_another_directory(tmp_path,
+                                                                          monkeypatch):
+    """INIT, the data and the tokenizer given relative to one working directory are recorded
+    in results.json resolved, so the run can be repeated from another directory with them
+    (recorded as given, "hf" and "sft.jsonl" would name nothing there)."""
+    here, elsewhere = (tmp_path / "here").resolve(), (tmp_path / "elsewhere").resolve()
+    elsewhere.mkdir()
+    tiny_export(here / "hf", news_tokenizer(here / "tok"), steps=5)
+    news_sft(here / "sft.jsonl", count=8)
+    monkeypatch.chdir(here)
+    first = run_finetune("--init", "hf", "--data", "sft.jsonl", "--tokenizer", "tok", "--task",
+                         "sft", "--output", "out", "--steps", "2", "--micro_batch_size", "4",
+                         cwd=here)
+    saved = json.loads((here / "out" / "results.json").read_text())
+    assert saved == first
+    recorded = {key: first[key] for key in ("init", "data", "eval_data", "tokenizer")}
+    assert recorded == {"init": str(here / "hf"), "data": str(here / "sft.jsonl"),
+                        "eval_data": str(here / "sft.jsonl"), "tokenizer": str(here / "tok")}
+    monkeypatch.chdir(elsewhere)
+    again = run_finetune("--init", first["init"], "--data", first["data"], "--eval_data",
+                         first["eval_data"], "--tokenizer", first["tokenizer"], "--task", "sft",
+                         "--output", "out", "--steps", "2", "--micro_batch_size", "4",
+                         cwd=elsewhere)
+    assert again["after"] == first["after"] and again["before"] == first["before"]
+    assert {key: again[key] for key in recorded} == recorded
