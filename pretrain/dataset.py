@@ -37,8 +37,9 @@ import numpy as np
 
 from refine.configfile import ConfigError  # = pretrain.config's, without importing torch
 
-# = pretrain.encode's (tests/test_dataset.py checks), not imported from there: its imports
-# (pyarrow, fsspec, sentencepiece) are not needed to train, nor installed by bench/gpu_check.sh
+# TOKENS' format, stated here rather than in pretrain.encode (which imports these): encode's
+# imports (pyarrow, fsspec, sentencepiece) are not needed to train, nor installed by
+# bench/gpu_check.sh
 FORMAT = "pretrain-tokens/1"
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val")

@@ -56,6 +56,7 @@ from typing import Any
 import numpy as np
 
 from pretrain.codec import ENCODING, LosslessTokenizer
+from pretrain.dataset import FORMAT, MANIFEST, SPLITS
 from pretrain.files import (
     Location,
     as_location,
@@ -74,9 +75,6 @@ from pretrain.tokenizer import MODEL_FILE, load_metadata
 
 log = logging.getLogger("pretrain.encode")
 
-FORMAT = "pretrain-tokens/1"
-MANIFEST = "manifest.json"
-SPLITS = ("train", "val")
 SPLIT_PERSON = b"pretrain-split"  # blake2b personalisation: this hash is only for the split
 # what a split directory may hold: shards and the temp files of an interrupted run
 SHARD_FILE = re.compile(r"[^/]+\.(bin|idx\.npy)|\.[^/]+\.(bin|idx\.npy)\.tmp")

@@ -4,31 +4,34 @@ A location (`--data`, `--out`, `--tokenizer`) is a local path or a URL fsspec kn
 (`s3://bucket/runs/r1/data`, `gs://...`, `memory://...`). Remote ones are read and written
 through fsspec (`refine.rundir.RunDir`), with credentials and endpoints from the environment
 (`AWS_*` variables and `AWS_ENDPOINT_URL`, profiles, instance roles; Google's application
-default credentials), never from the command line, and nothing of them is recorded.
+default credentials), never from the command line, and nothing of them is recorded. The helpers
+that refine shares (`is_remote`, `as_location`, `exists`, `parquet_files`, ...) are
+`refine.documents`', imported from there.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import os
 import posixpath
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import fsspec
-import pyarrow.parquet as pq
-
-from refine import arrowfile
 from refine.atomic_file import write_json_atomic as write_json  # noqa: F401 (re-export)
+from refine.documents import (  # noqa: F401 (re-export)
+    Location,
+    as_location,
+    exists,
+    file_name,
+    is_remote,
+    open_parquet,
+    parquet_files,
+)
 from refine.rundir import RunDir
 
 RUN_MANIFEST = "manifest.json"
-
-Location = Path | str  # a local path, or the URL of a remote one (a str)
 
 
 def setup_logging(verbose: bool = True) -> None:
@@ -47,21 +50,6 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 # --- locations: a local path or a URL ------------------------------------------------------
 
-def is_remote(location: Location) -> bool:
-    """Whether `location` is a URL of a non-local filesystem (s3://, gs://, memory://, ...)."""
-    text = str(location)
-    return (isinstance(location, str) and "://" in text
-            and fsspec.utils.get_protocol(text) not in ("file", "local"))
-
-
-def as_location(value: str) -> Location:
-    """A command-line location: a URL of a remote filesystem stays a string (Path would fold
-    its `//`), anything else is a Path (`file://` dropped)."""
-    if is_remote(value):
-        return value
-    return Path(value.removeprefix("file://"))
-
-
 def storage(location: Location) -> RunDir:
     """The fsspec filesystem and root of a remote location (RunDir: no cached listings)."""
     return RunDir(location)
@@ -73,12 +61,6 @@ def describe(location: Location) -> str:
     return storage(location).url() if is_remote(location) else str(Path(location).resolve())
 
 
-def exists(location: Location, *parts: str) -> bool:
-    if is_remote(location):
-        return storage(location).exists(*parts)
-    return Path(location, *parts).exists()
-
-
 def read_bytes(location: Location, *parts: str) -> bytes:
     """The whole content of a file `parts` below `location` (FileNotFoundError if missing)."""
     if is_remote(location):
@@ -87,32 +69,7 @@ def read_bytes(location: Location, *parts: str) -> bytes:
     return Path(location, *parts).read_bytes()
 
 
-def file_name(location: str | Path) -> str:
-    """The last part of a local path or a URL."""
-    return posixpath.basename(str(location).rstrip("/"))
-
-
 # --- a refine run's data/ ------------------------------------------------------------------
-
-def parquet_files(data_dir: Location) -> list[str]:
-    """The run's kept-document shards in a stable (sorted by name) order: absolute local
-    paths, or URLs when `data_dir` is remote."""
-    if is_remote(data_dir):
-        store = storage(data_dir)
-        files = [store.fs.unstrip_protocol(path) for path in store.files("")]
-        if not files and not store.exists():
-            raise FileNotFoundError(f"{store.url()} does not exist (expected a refine run's "
-                                    "data/ directory)")
-    else:
-        data_dir = Path(data_dir)
-        if not data_dir.exists():
-            raise FileNotFoundError(f"{data_dir} does not exist (expected a refine run's data/ "
-                                    "directory)")
-        files = [os.path.abspath(path) for path in sorted(data_dir.glob("*.parquet"))]
-    if not files:
-        raise FileNotFoundError(f"no *.parquet in {data_dir}")
-    return files
-
 
 def source_info(data_dir: Location) -> dict[str, Any]:
     """What the data directory is: the run's config hash (if RUN/manifest.json exists)."""
@@ -132,14 +89,6 @@ def source_info(data_dir: Location) -> dict[str, Any]:
     info["run_config_hash"] = json.loads(raw).get("config_hash")
     info["run_manifest_sha256"] = hashlib.sha256(raw).hexdigest()
     return info
-
-
-@contextlib.contextmanager
-def open_parquet(location: str | Path) -> Iterator[pq.ParquetFile]:
-    """A ParquetFile over a local path or a remote object, streamed (see refine.arrowfile)."""
-    fs, path = fsspec.core.url_to_fs(str(location))
-    with arrowfile.parquet_file(fs, path) as parquet:
-        yield parquet
 
 
 def iter_documents(files: list[str], batch_rows: int = 1024) -> Iterator[tuple[str, str]]:

@@ -25,18 +25,17 @@ Model file
     format name and version, hyper-parameters, the held-out evaluation, and the score quantiles of
     the negatives, with which ``top_fraction`` resolves to a threshold).
 
-Input files (`read_texts`): a directory (a run's ``data/``, or the run directory itself) gives the
-``text`` column of its ``*.parquet`` files (and the ``text`` field of its ``*.jsonl[.gz]`` files),
-in name order; ``FILE.parquet`` its ``text`` column; ``FILE.jsonl`` / ``.json`` one JSON object
-per line with a string ``text``; any other file is plain text, one document per non-blank line
-(fastText's training format). Text files may be compressed (.gz, .bz2, .xz, .zst).
+Input files (`read_texts`, with `refine.documents`' reader): a directory (a run's ``data/``, or the
+run directory itself) gives the ``text`` column of its ``*.parquet`` files, in name order;
+``FILE.parquet`` its ``text`` column; ``FILE.jsonl`` / ``.json`` one JSON object per line with a
+string ``text``; any other file is plain text, one document per non-blank line (fastText's
+training format). Text files may be compressed (.gz, .bz2, .xz, .zst). Empty texts are skipped.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import posixpath
 import re
 import zlib
 from collections.abc import Iterable, Iterator
@@ -44,16 +43,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import numpy as np
-import pyarrow.parquet as pq
+
+from refine.documents import DataError, MissingDataError, read_documents
 
 FORMAT = "refine-quality-classifier"
 VERSION = 1
 QUANTILES = 1001  # points of the negatives' score distribution kept in the model
 _WORD = re.compile(r"\w+")
 _BIGRAM_MIX = np.uint64(116049371)  # fastText's n-gram hash multiplier
-COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
 
 
 class ClassifierError(ValueError):
@@ -279,70 +277,23 @@ def eval_path(model_path: str | Path) -> Path:
 # --- reading texts -------------------------------------------------------------------------------
 
 
-def _format(path: str) -> str:
-    name = posixpath.basename(path)
-    for suffix in COMPRESSED:
-        name = name.removesuffix(suffix)
-    if name.endswith(".parquet"):
-        return "parquet"
-    return "jsonl" if name.endswith((".jsonl", ".json")) else "text"
-
-
-def _files(location: str) -> list[str]:
-    fs, path = fsspec.core.url_to_fs(location)
-    if not fs.exists(path):
-        raise ClassifierError(f"{location}: no such file or directory")
-    if not fs.isdir(path):
-        return [location]
-    names = sorted(fs.ls(path, detail=False))
-    wanted = [n for n in names if _format(n) in ("parquet", "jsonl") and fs.isfile(n)]
-    if not wanted and fs.isdir(posixpath.join(path, "data")):  # a run directory: its data/
-        return _files(location.rstrip("/") + "/data")
-    if not wanted:
-        raise ClassifierError(f"{location}: a directory without *.parquet or *.jsonl files")
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return [n if protocol in ("file", "local") else f"{protocol}://{n}" for n in wanted]
-
-
-def _read_file(path: str) -> Iterator[str]:
-    kind = _format(path)
-    if kind == "parquet":
-        with fsspec.open(path, "rb") as handle:
-            parquet = pq.ParquetFile(handle)
-            if "text" not in parquet.schema_arrow.names:
-                raise ClassifierError(f"{path}: no 'text' column (columns: "
-                                      f"{parquet.schema_arrow.names})")
-            for batch in parquet.iter_batches(batch_size=256, columns=["text"]):
-                yield from (t for t in batch.column(0).to_pylist() if t)
-        return
-    with fsspec.open(path, "rt", compression="infer", encoding="utf-8-sig",
-                     newline="\n") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            if kind == "text":
-                yield line.removesuffix("\n").removesuffix("\r")
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ClassifierError(f"{path}:{number}: not JSON ({error})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                raise ClassifierError(f'{path}:{number}: expected a JSON object with a string '
-                                      '"text"')
-            yield row["text"]
-
-
 def read_texts(locations: Iterable[str], max_docs: int | None = None) -> Iterator[str]:
-    """The texts of `locations` (files or directories, see the module docstring), in order."""
+    """The non-empty texts of `locations` (files or directories, see the module docstring), in
+    order: `refine.documents`' reader, its errors raised as ClassifierError."""
     n = 0
     for location in locations:
-        for path in _files(str(location)):
-            for text in _read_file(path):
+        try:
+            for _, text in read_documents(str(location)):
+                if not text:
+                    continue
                 if max_docs is not None and n >= max_docs:
                     return
                 n += 1
                 yield text
+        except MissingDataError:
+            raise ClassifierError(f"{location}: no such file or directory") from None
+        except DataError as error:
+            raise ClassifierError(str(error)) from None
 
 
 def train_files(positive: list[str], negative: list[str], out: str | Path,
