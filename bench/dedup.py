@@ -68,6 +68,11 @@ from refine.dedup import (
 
 PRESETS = {"refinedweb": REFINEDWEB, "fineweb": FINEWEB}
 REFINEDWEB_AFFINE32 = REFINEDWEB.model_copy(update={"scheme": "affine32"})  # datasketch 2's default
+SKETCH_PRESETS = {  # the presets' layouts with fast similarity sketching (scheme "sketch")
+    "fineweb_sketch": FINEWEB.model_copy(update={"scheme": "sketch", "shingle_hash": "poly64"}),
+    "refinedweb_sketch": REFINEDWEB.model_copy(update={"scheme": "sketch",
+                                                       "shingle_hash": "poly64"}),
+}
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # testkit: the tests' and benches' helpers
@@ -154,6 +159,10 @@ def main() -> None:
             ("refinedweb_affine32", REFINEDWEB_AFFINE32, args.texts_large),
         ):
             print(json.dumps(measure(name, config, texts[:count], args.repeat, source)),
+                  flush=True)
+        for name, config in SKETCH_PRESETS.items():
+            count = args.texts if config.num_perm < 1000 else args.texts_large
+            print(json.dumps(measure_sketch(name, config, texts[:count], args.repeat, source)),
                   flush=True)
     if not args.skip_scaling:
         scaling_bench(args)
@@ -242,6 +251,81 @@ def measure(name: str, config: MinHashConfig, texts: list[str], repeat: int, sou
     line["signatures_equal_datasketch"] = equal
     line["text_path_ms_per_doc"] = {k: round(v, 3) for k, v in ms.items()}
     line["text_path_share"] = {k: round(v / sum(ms.values()), 3) for k, v in ms.items()}
+    line["timer"] = f"process_time, best of {repeat}, runs alternating"
+    line["loadavg_1m"] = round(os.getloadavg()[0], 2)
+    line["source"] = source
+    return line
+
+
+def measure_sketch(
+    name: str, config: MinHashConfig, texts: list[str], repeat: int, source: str
+) -> dict:
+    """A sketch preset beside datasketch (legacy and affine32) and rensa (RMinHash, CMinHash) at
+    the same num_perm, all in this process, runs alternating: the signature step from each
+    document's distinct shingle hashes (theirs: from shingle strings, which they hash
+    themselves), and the whole fuzzy stage per document from raw text as `refine.dedup.fuzzy`
+    runs it (normalise, shingle + hash, sign, band keys)."""
+    import numpy as np
+    import rensa
+    from datasketch import MinHash
+
+    from refine.dedup.minhash import band_key_array
+
+    def shingle(text: str) -> list[bytes]:
+        return [s.encode() for s in word_shingles(text, config.ngram)]
+
+    ours = MinHasher(config)
+    docs = [shingle(t) for t in texts]
+    strings = [[s.decode() for s in set(d)] for d in docs]
+    hashes = [np.unique(h) for h in ours.texts_hashes(texts)]
+    sha1 = MinHasher(config.model_copy(update={"shingle_hash": "sha1"}))
+
+    def datasketch(scheme: str) -> Callable[[], object]:
+        kwargs: dict = {"num_perm": config.num_perm, "seed": config.seed}
+        if "scheme" in inspect.signature(MinHash).parameters:
+            kwargs["scheme"] = scheme
+        return lambda: MinHash.bulk(docs, **kwargs)
+
+    def rensa_signatures(cls: Any) -> Callable[[], object]:
+        def run() -> list:
+            out = []
+            for d in strings:
+                m = cls(num_perm=config.num_perm, seed=config.seed)
+                m.update(d)
+                out.append(m.digest())
+            return out
+        return run
+
+    def fuzzy_stage(hasher: MinHasher) -> Callable[[], object]:
+        return lambda: band_key_array(
+            hasher.hash_signatures([h for h in hasher.texts_hashes(texts) if len(h)]), config)
+
+    rates = best_rates(
+        len(docs),
+        {
+            "refine_from_hashes": lambda: ours.hash_signatures(hashes),
+            "rensa_rminhash": rensa_signatures(rensa.RMinHash),
+            "rensa_cminhash": rensa_signatures(rensa.CMinHash),
+            "datasketch_legacy": datasketch("legacy"),
+            "datasketch_affine32": datasketch("affine32"),
+            "refine_fuzzy_stage_from_text": fuzzy_stage(ours),
+            "refine_fuzzy_stage_from_text_sha1": fuzzy_stage(sha1),
+        },
+        repeat,
+    )
+    line: dict = {
+        "bench": "dedup_minhash_signatures",
+        "preset": name,
+        "bands_x_rows": f"{config.num_bands}x{config.rows_per_band}",
+        "num_perm": config.num_perm,
+        "scheme": config.scheme,
+        "shingle_hash": config.shingle_hash,
+        "docs": len(docs),
+        "mean_shingles": round(sum(map(len, docs)) / max(1, len(docs)), 1),
+        "mean_distinct_shingles": round(sum(map(len, hashes)) / max(1, len(hashes)), 1),
+        "rensa": rensa.__version__ if hasattr(rensa, "__version__") else "",
+    }
+    line.update({f"{k}_docs_per_s_per_core": round(v, 1) for k, v in rates.items()})
     line["timer"] = f"process_time, best of {repeat}, runs alternating"
     line["loadavg_1m"] = round(os.getloadavg()[0], 2)
     line["source"] = source

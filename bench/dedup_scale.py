@@ -473,9 +473,12 @@ def make_config(args: argparse.Namespace) -> Any:
         URLDedupConfig,
     )
 
+    layout = PRESETS[args.preset].model_dump(exclude={"scheme", "shingle_hash"})
+    if args.scheme:
+        layout |= {"scheme": args.scheme,
+                   "shingle_hash": "poly64" if args.scheme == "sketch" else "sha1"}
     return DedupConfig(
-        fuzzy=FuzzyDedupConfig(**PRESETS[args.preset].model_dump(),
-                               bucket_bytes=round(args.bucket_mb * MB)),
+        fuzzy=FuzzyDedupConfig(**layout, bucket_bytes=round(args.bucket_mb * MB)),
         exact=ExactDedupConfig(task_bytes=round(args.task_mb * MB)),
         urls=URLDedupConfig(task_bytes=round(args.url_mb * MB)))
 
@@ -498,6 +501,7 @@ def size_line(args: argparse.Namespace, config: Any, size: int, corpus: dict, ru
     return {
         "bench": "dedup_scale", "size": size, "preset": args.preset,
         "bands_x_rows": stages.get("fuzzy_dedup", {}).get("preset"),
+        "scheme": config.fuzzy.scheme, "shingle_hash": config.fuzzy.shingle_hash,
         "shards": corpus["shards"], "shard_docs": args.shard_docs,
         "text_mb": corpus["text_mb"], "generate_s": corpus["generate_s"],
         "wall_s": run["wall_s"], "driver_cpu_s": run["driver_cpu_s"],
@@ -555,7 +559,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1000000,4000000",
                         help="documents per run, comma-separated")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="fineweb")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="fineweb",
+                        help="the band layout (bands x rows, n-gram, seed)")
+    parser.add_argument("--scheme", choices=["legacy", "affine32", "sketch"],
+                        help="signature scheme (default: stage 8's, dedup.fuzzy.scheme); "
+                        "legacy and affine32 hash shingles with SHA-1, as datasketch")
     parser.add_argument("--docs-words", type=int, default=80)
     parser.add_argument("--shard-docs", type=int, default=25000)
     parser.add_argument("--task-mb", type=float, default=256.0, help="exact.task_bytes")

@@ -8,7 +8,10 @@ docs_per_s counts the whole wall time from before Ray starts; startup_s is the p
 first unit starts (Ray, the Ray Data executor, the actors and their models: fixed, ~7 s here),
 and docs_per_s_steady the rate from then to the last unit's end, which a long run approaches;
 tail_s is what follows the last unit (merging the unit statistics, the accounting check, the
-final stats.json and manifest).
+final stats.json and manifest). run_cpu_s is the CPU time of every process of the run (this
+one, Ray's GCS, raylet and workers, extraction children) from before Ray starts to the end;
+extraction_share_of_run_cpu = extraction CPU / run_cpu_s, cpu_utilisation = run_cpu_s / (wall_s x
+CPUs). --dedup adds stages 8-10 (the whole run, as the throughput issue measures it).
 
 --output RUN writes the run directory there (a new local path, or a URL: s3://bucket/prefix;
 the default is a temporary directory). With a URL the same input is refined to a local
@@ -62,6 +65,47 @@ def is_remote(location: str) -> bool:
     import fsspec
 
     return fsspec.utils.get_protocol(location) not in ("file", "local")
+
+
+class TreeCpu:
+    """CPU seconds of this process and all its descendants (Ray's GCS, raylet, workers, the
+    extraction children) from `start` to `stop`: each process's CPU time, sampled every
+    `period_s` (a process that exits between samples loses at most that much)."""
+
+    def __init__(self, period_s: float = 0.25) -> None:
+        import threading
+
+        import psutil
+
+        self.psutil, self.me = psutil, psutil.Process()
+        self.period_s, self.done = period_s, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.base = self._snapshot()
+        self.seen = dict(self.base)
+
+    def _snapshot(self) -> dict[int, float]:
+        cpu = {}
+        for proc in [self.me, *self.me.children(recursive=True)]:
+            try:
+                times = proc.cpu_times()
+                cpu[proc.pid] = times.user + times.system
+            except self.psutil.Error:
+                continue
+        return cpu
+
+    def _run(self) -> None:
+        while not self.done.wait(self.period_s):
+            self.seen.update(self._snapshot())
+
+    def start(self) -> TreeCpu:
+        self.thread.start()
+        return self
+
+    def stop(self) -> float:
+        self.done.set()
+        self.thread.join()
+        self.seen.update(self._snapshot())
+        return sum(cpu - self.base.get(pid, 0.0) for pid, cpu in self.seen.items())
 
 
 def measure(config: Any, inputs: list[str], output: str | Path, label: str, workers: int,
@@ -188,12 +232,21 @@ def main() -> None:
             server_pid = stack.enter_context(moto_server(bucket)).pid
         inputs = tile(sources, args.min_records, per_round, Path(tmp))
         input_mb = round(sum(Path(p).stat().st_size for p in inputs) / 1e6, 1)
+        tree_cpu = TreeCpu().start()
         started = time.monotonic()  # wall time includes starting Ray and the workers
         init_ray(None, num_cpus=os.cpu_count())
         ray_start = time.monotonic() - started
         if not compare:
             line = measure(config, inputs, args.output or Path(tmp) / "run",
                            args.output or "local", args.workers, started, server_pid)
+            run_cpu = tree_cpu.stop()
+            cores = os.cpu_count() or 1
+            line |= {  # the whole run: every process, Ray's own included, from before Ray starts
+                "run_cpu_s": round(run_cpu, 2),
+                "extraction_share_of_run_cpu": round(line["cpu_s_per_stage"]["extract"] / run_cpu,
+                                                     3),
+                "cpu_utilisation": round(run_cpu / (line["wall_s"] * cores), 3),
+            }
             gold = evaluate(args.gold / "html", args.gold / "ground-truth.json", config.extract)
             wall = line["wall_s"]
             print(json.dumps({

@@ -84,10 +84,36 @@ def test_single_batch_and_text_paths_agree() -> None:
     np.testing.assert_array_equal(hasher.signature(doubled), batch[0])
 
 
+def _fmix64(z: np.ndarray) -> np.ndarray:
+    for multiplier in (0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53):
+        z = (z ^ (z >> np.uint64(33))) * np.uint64(multiplier)
+    return z ^ (z >> np.uint64(33))
+
+
+def _reference_sketch(per_doc: list[np.ndarray], salts: np.ndarray, k: int) -> np.ndarray:
+    """Fast similarity sketching by its definition: all 2k rounds, none skipped."""
+    shift = 32 - (2 * k - 1).bit_length()
+    out = np.full((len(per_doc), k), MAX_HASH, dtype=np.uint32)
+    for row, h in zip(out, per_doc, strict=True):
+        h = h.astype(np.uint64)
+        start = ((_fmix64(h ^ salts[2 * k]) >> np.uint64(32)) * np.uint64(k)) >> np.uint64(32)
+        for i in range(2 * k):
+            z = _fmix64(h ^ salts[i])
+            if i < k:
+                bins = ((z >> np.uint64(32)) * np.uint64(k)) >> np.uint64(32)
+            else:
+                bins = (start + np.uint64(i - k)) % np.uint64(k)
+            values = (np.uint64(i) << np.uint64(shift)) | (z & np.uint64((1 << shift) - 1))
+            np.minimum.at(row, bins.astype(np.int64), values.astype(np.uint32))
+    return out
+
+
 def _reference_signatures(
     per_doc: list[np.ndarray], a: np.ndarray, b: np.ndarray, scheme: str
 ) -> np.ndarray:
     """The definition in plain numpy, one document at a time (uint64 and uint32 arithmetic wrap)."""
+    if scheme == "sketch":
+        return _reference_sketch(per_doc, a, (len(a) - 1) // 2)
     out = np.full((len(per_doc), len(a)), MAX_HASH, dtype=np.uint32)
     for row, h in zip(out, per_doc, strict=True):
         if not len(h):
@@ -101,9 +127,11 @@ def _reference_signatures(
     return out
 
 
-@pytest.mark.parametrize("scheme", ["legacy", "affine32"])
+@pytest.mark.parametrize("scheme", ["legacy", "affine32", "sketch"])
 def test_kernel_equals_numpy_reference(scheme: str) -> None:
-    """Random hashes in CSR batches: empty documents, one shingle, long ones, both extremes."""
+    """Random hashes in CSR batches: empty documents, one shingle, long ones, both extremes.
+    For the sketch, the reference runs every round: stopping once all bins are filled must not
+    change a value."""
     rng = np.random.default_rng(11)
     odd = MinHashConfig(num_bands=37, rows_per_band=7, scheme=scheme)  # 259: no whole vectors
     refinedweb = REFINEDWEB.model_copy(update={"scheme": scheme})
@@ -333,12 +361,15 @@ def _pairs_needed(p: float, tolerance: float = 0.05, sigmas: float = 3.5) -> int
 
 FINEWEB_POLY64 = MinHashConfig(num_bands=14, rows_per_band=8, shingle_hash="poly64")
 FINEWEB_AFFINE32 = MinHashConfig(num_bands=14, rows_per_band=8, scheme="affine32")
+REFINEDWEB_SKETCH = MinHashConfig(num_bands=450, rows_per_band=20, scheme="sketch")
+FINEWEB_SKETCH = MinHashConfig(num_bands=14, rows_per_band=8, scheme="sketch")
 
 
 @pytest.mark.parametrize(
     "config",
-    [REFINEDWEB, FINEWEB, FINEWEB_POLY64, FINEWEB_AFFINE32],
-    ids=["refinedweb", "fineweb", "fineweb-poly64", "fineweb-affine32"],
+    [REFINEDWEB, FINEWEB, FINEWEB_POLY64, FINEWEB_AFFINE32, REFINEDWEB_SKETCH, FINEWEB_SKETCH],
+    ids=["refinedweb", "fineweb", "fineweb-poly64", "fineweb-affine32", "refinedweb-sketch",
+         "fineweb-sketch"],
 )
 def test_candidate_rate_follows_s_curve(config: MinHashConfig) -> None:
     hasher = MinHasher(config)
@@ -442,3 +473,25 @@ def test_config_validation() -> None:
             MinHashConfig(**bad)
     with pytest.raises(ValidationError):
         config.num_bands = 3  # frozen: a hasher's permutations never go stale
+
+
+@pytest.mark.parametrize("jaccard", [0.7, 0.8])
+def test_sketch_follows_s_curve_at_document_sizes(jaccard: float) -> None:
+    """At ~1,000 shingles every shingle lands in many bins in the sketch's first rounds (the
+    small unions above exercise its second phase): the rate still follows 1 - (1 - s^r)^b."""
+    config = REFINEDWEB_SKETCH
+    expected = config.candidate_probability(jaccard)
+    sig_a, sig_b = _pair_signatures(MinHasher(config), jaccard, 1000, _pairs_needed(expected))
+    rate = float((band_key_array(sig_a, config) == band_key_array(sig_b, config)).any(1).mean())
+    assert abs(rate - expected) <= 0.05, (rate, expected)
+    assert abs(float((sig_a == sig_b).mean()) - jaccard) <= 0.01
+
+
+def test_sketch_of_a_union_is_the_minimum_of_the_parts() -> None:
+    hasher = MinHasher(REFINEDWEB_SKETCH)
+    rng = np.random.default_rng(5)
+    for sizes in ((1, 1), (3, 700), (800, 900)):
+        a, b = (rng.integers(0, 1 << 32, n, dtype=np.uint32) for n in sizes)
+        sig_a, sig_b, sig_union = hasher.hash_signatures([a, b, np.concatenate([a, b])])
+        np.testing.assert_array_equal(np.minimum(sig_a, sig_b), sig_union)
+        assert (sig_union != MAX_HASH).all()  # every bin filled, even from two shingles

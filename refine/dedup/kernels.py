@@ -88,3 +88,60 @@ def affine32_signatures(hashes, offsets, a, b, out):
             h = hashes[i]
             for k in range(a.shape[0]):
                 row[k] = min(row[k], np.uint32(a[k] * h + b[k]))  # numba widens: wrap here
+
+
+_M1 = np.uint64(0xFF51AFD7ED558CCD)
+_M2 = np.uint64(0xC4CEB9FE1A85EC53)
+_S33 = np.uint64(33)
+_S32 = np.uint64(32)
+
+
+@_njit
+def _fmix64(z):
+    z = (z ^ (z >> _S33)) * _M1
+    z = (z ^ (z >> _S33)) * _M2
+    return z ^ (z >> _S33)
+
+
+@_njit
+def sketch_signatures(hashes, offsets, salts, round_bits, out):
+    """Fast similarity sketching (Dahlgaard, Knudsen and Thorup, FOCS 2017), k = out's width.
+
+    Round i (0 <= i < 2k) throws every shingle h into one bin with value ``i << (32 -
+    round_bits) | r``, (bin, r) from ``fmix64(h ^ salts[i])``: bins at random while i < k, then
+    bin ``(start(h) + i - k) mod k`` (every shingle visits every bin by round 2k). A bin keeps
+    its least value. Values rise with the round, so once every bin is filled later rounds
+    change nothing and the loop stops: O(n + k log k) for n shingles, not O(n k). Each bin is
+    the minimum of i.i.d. per-shingle values (equal in two sets with probability = Jaccard),
+    and the sketch of a union is the bin-wise minimum of the parts' sketches.
+    """
+    k = out.shape[1]
+    k64 = np.uint64(k)
+    r_mask = np.uint64((1 << (32 - round_bits)) - 1)
+    shift = np.uint64(32 - round_bits)
+    start_salt = salts[2 * k]
+    for d in range(offsets.shape[0] - 1):
+        row = out[d]
+        row[:] = MAX_HASH
+        lo, hi = offsets[d], offsets[d + 1]
+        if lo == hi:
+            continue
+        filled = 0
+        for i in range(2 * k):
+            salt = salts[i]
+            base = np.uint64(i) << shift
+            for j in range(lo, hi):
+                h = np.uint64(hashes[j])
+                z = _fmix64(h ^ salt)
+                if i < k:
+                    b = ((z >> _S32) * k64) >> _S32
+                else:
+                    start = ((_fmix64(h ^ start_salt) >> _S32) * k64) >> _S32
+                    b = (start + np.uint64(i - k)) % k64
+                v = np.uint32(base | (z & r_mask))
+                if v < row[b]:
+                    if row[b] == MAX_HASH:
+                        filled += 1
+                    row[b] = v
+            if filled == k:
+                break
