@@ -20,14 +20,16 @@ numpy and become an Arrow string array without Python strings. Into that corpus 
   partitions).
 
 Members of a cluster and hosts of a passage are placed in distinct shards where there are
-enough. Generation and evaluation run in child processes (spawned): the driver's RSS is that
-of dedup alone. Dedup (`refine.dedup.stage.run_dedup`) runs on a local Ray with 2 CPUs and
+enough. Generation and evaluation run in child processes (spawned): the driver's RSS is that of
+dedup alone. Dedup (`refine.dedup.stage.run_dedup`) runs on a local Ray with 2 CPUs and
 `map_tasks` with 2 workers, started once, after one untimed warm-up run on a small corpus
-(workers import refine, compile the kernels); sizes ascending, one run each. A thread samples
-every --sample-ms the RSS of the driver and its descendants (`bench/dedup.py`'s `RssSampler`),
-and here also, per map step, the largest RSS of a Ray worker while that step ran, and its
-growth over the worker's RSS at the start of the run (a worker is reused: its RSS includes the
-interpreter and imports, ~the baseline, and whatever the allocator kept from earlier tasks).
+(workers import refine, compile the kernels); sizes ascending, one run each, then (--bracket,
+the default) the smallest size again: the ratios divide by the mean of its two runs. A thread
+samples every --sample-ms the RSS of the driver and its descendants (`bench/dedup.py`'s
+`RssSampler`), and here also, per map step, the largest RSS of a Ray worker while that step ran,
+and its growth over the worker's RSS at the start of the run (a worker is reused: its RSS
+includes the interpreter and imports, ~the baseline, and whatever the allocator kept from
+earlier tasks).
 
 Config: --preset fineweb (14x8 MinHash, the default) or refinedweb (450x20), with exact-substring
 and URL dedup enabled either way (configs/fineweb.yaml disables exact: here all three stages
@@ -532,14 +534,21 @@ def size_line(args: argparse.Namespace, config: Any, size: int, corpus: dict, ru
     }
 
 
-def summary_line(lines: dict[int, dict]) -> dict[str, Any]:
+def summary_line(lines: dict[int, dict], rerun: dict | None = None) -> dict[str, Any]:
+    """`rerun`: the smallest size run again after the largest; its walls (whole and per step)
+    are then the mean of both runs, so a drift of the machine's speed over the bench (this VM's
+    single-thread speed varies by +-30% from minute to minute) weighs on both sides."""
     small, large = min(lines), max(lines)
     a, b = lines[small], lines[large]
+    small_runs = [a] if rerun is None else [a, rerun]
+    a_wall = sum(r["wall_s"] for r in small_runs) / len(small_runs)
+    a_steps = {name: sum(r["steps_wall_s"].get(name, 0.0) for r in small_runs) / len(small_runs)
+               for name in a["steps_wall_s"]}
     size_ratio = large / small
     rss_ratio = b["driver_peak_rss_mb"] / a["driver_peak_rss_mb"]
-    wall_ratio = b["wall_s"] / a["wall_s"]
-    steps = {name: round(wall / a["steps_wall_s"][name], 2)
-             for name, wall in b["steps_wall_s"].items() if a["steps_wall_s"].get(name)}
+    wall_ratio = b["wall_s"] / a_wall
+    steps = {name: round(wall / a_steps[name], 2)
+             for name, wall in b["steps_wall_s"].items() if a_steps.get(name)}
     recall = all(line["recall_clusters"] == 1.0 and line["recall_passages"] == 1.0
                  for line in lines.values())
     bounded = all(line["tasks_within_bounds"] for line in lines.values())
@@ -547,6 +556,7 @@ def summary_line(lines: dict[int, dict]) -> dict[str, Any]:
         "bench": "dedup_scale_summary", "sizes": sorted(lines), "size_ratio": size_ratio,
         "driver_peak_rss_ratio": round(rss_ratio, 3),
         "driver_rss_ok": rss_ratio <= 1.1,
+        "smallest_wall_s_runs": [r["wall_s"] for r in small_runs],
         "wall_ratio": round(wall_ratio, 3), "wall_ratio_max": round(1.1 * size_ratio, 2),
         "wall_ok": wall_ratio <= 1.1 * size_ratio,
         "step_wall_ratios": steps,
@@ -559,6 +569,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1000000,4000000",
                         help="documents per run, comma-separated")
+    parser.add_argument("--bracket", action=argparse.BooleanOptionalAction, default=True,
+                        help="run the smallest size again after the largest and compare with "
+                        "the mean of its two runs (default: on)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="fineweb",
                         help="the band layout (bands x rows, n-gram, seed)")
     parser.add_argument("--scheme", choices=["legacy", "affine32", "sketch"],
@@ -616,8 +629,15 @@ def main() -> None:
             quality = in_child(evaluate, run_dir)
             lines[size] = size_line(args, config, size, corpus, run, quality)
             print(json.dumps(lines[size]), flush=True)
+        rerun = None
+        if len(lines) > 1 and args.bracket:  # the smallest again, after the largest
+            size = min(lines)
+            run_dir, corpus = corpus_for(size, options, cache)
+            run = dedup_once(run_dir, config, args.workers, args.sample_ms)
+            rerun = size_line(args, config, size, corpus, run, in_child(evaluate, run_dir))
+            print(json.dumps({**rerun, "rerun": True}), flush=True)
         if len(lines) > 1:
-            print(json.dumps(summary_line(lines)), flush=True)
+            print(json.dumps(summary_line(lines, rerun)), flush=True)
 
 
 if __name__ == "__main__":
