@@ -55,7 +55,8 @@ demo: setup
 		--out $(DEMO)-hf/eval.json
 	$(PY) -m pretrain.generate $(DEMO)-hf --prompt "The city council" --max-new-tokens 24 --seed 0
 
-# headless Chromium for tests/test_report.py (Debian packages; needs root or sudo)
+# headless Chromium for tests/test_report_chromium.py and the other tests of the report page
+# (Debian packages; needs root or sudo)
 browser:
 	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { \
 		SUDO=$$(test "$$(id -u)" -eq 0 || echo sudo); \

@@ -10,6 +10,7 @@ from .pretrain_data import VAL_FRACTION, VOCAB_SIZE
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).parent / "data"
 SHARED = ROOT.parent / "shared" / "data"
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
 def cc_documents(count: int, min_words: int) -> list[dict]:
@@ -75,3 +76,47 @@ def tokens_dir(local_ray, refine_run, tokenizer_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("pretrain-tokens") / "tokens"
     tokenize_run(refine_run / "data", tokenizer_dir, out, val_fraction=VAL_FRACTION, workers=2)
     return out
+
+
+@pytest.fixture(scope="module")
+def url_filter():
+    """URLFilter with its default config, loaded: the packaged UT1 lists (hashed into the
+    session's cache dir the first time)."""
+    from refine.filters.url import URLFilter, URLFilterConfig
+
+    return URLFilter(URLFilterConfig()).load()
+
+
+@pytest.fixture(scope="module")
+def language_filter():
+    """The language stage's filter with the real fastText lid.176 model, any language kept."""
+    from refine.config import parse_config
+    from refine.pipeline import build_text_filters
+
+    return build_text_filters(parse_config({"language": {"languages": []}}))[0][1]
+
+
+@pytest.fixture(scope="module")
+def language_model(language_filter):
+    """One fastText model for the module: chains share it (as a worker's chains do)."""
+    return language_filter.model
+
+
+# the page of `refine report` in a real headless Chromium (tests/chromium.py drives it)
+@pytest.fixture(scope="module")
+def browser():
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.skip("chromium and chromium-driver are not installed (`make browser` does it)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1280,2400"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    yield driver
+    driver.quit()
