@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from refine import stages
 from refine.configfile import ConfigError, parse, read_yaml
 from refine.dedup.config import DedupConfig
 from refine.extract import ExtractConfig
@@ -25,7 +26,7 @@ from refine.filters.url import URLFilterConfig
 MiB = 1 << 20
 # Stages added after RefinedWeb's (off by default). A config that leaves one at its defaults hashes
 # as if the stage did not exist, so adding it changed no earlier run's hash (runs stay resumable).
-OPTIONAL_SECTIONS = ("c4", "fineweb", "classifier", "pii")
+OPTIONAL_SECTIONS = tuple(stage.config_key for stage in stages.STAGES if stage.optional)
 
 
 class ReadConfig(BaseModel):

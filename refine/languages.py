@@ -20,25 +20,17 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from refine import stages
 from refine.configfile import ConfigError, parse
 from refine.document import Filter
-from refine.filters.c4 import C4Filter
-from refine.filters.fineweb import FineWebQualityFilter
-from refine.filters.lines import LineCorrectionFilter
-from refine.filters.quality import QualityFilter
-from refine.filters.repetition import RepetitionFilter
 
 if TYPE_CHECKING:
     from refine.config import RunConfig
 
-# config section -> (stage name in the filter chain and stats, filter class); in run order
-FILTERS: dict[str, tuple[str, type]] = {
-    "repetition": ("repetition", RepetitionFilter),
-    "quality": ("quality", QualityFilter),
-    "c4": (C4Filter.name, C4Filter),
-    "fineweb": (FineWebQualityFilter.name, FineWebQualityFilter),
-    "lines": ("lines", LineCorrectionFilter),
-}
+# config section -> (stage name in the filter chain and stats, filter class), in run order: the
+# stages of the registry (refine.stages) that may be set per language
+FILTERS: dict[str, tuple[str, type]] = {stage.config_key: (stage.name, stage.filter_class())
+                                        for stage in stages.STAGES if stage.overridable}
 OVERRIDABLE = tuple(FILTERS)
 _CODE = re.compile(r"^[a-z]{2,3}$")  # lid.176's labels: ISO 639 codes, lowercase
 
@@ -87,7 +79,7 @@ def validate(config: RunConfig, source: str = "config") -> dict[str, dict[str, d
         for name, override in sections.items():
             if name not in FILTERS:
                 why = (" (language ID itself runs first, with one setting for all languages)"
-                       if name == "language" else "")
+                       if name == stages.LANGUAGE.config_key else "")
                 problems.append(f"languages.{language}.{name}: not a per-language section{why}; "
                                 f"one of: {', '.join(OVERRIDABLE)}")
                 continue

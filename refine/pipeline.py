@@ -19,28 +19,23 @@ import time
 from pathlib import Path
 from typing import Any
 
+from refine import stages
 from refine.config import RunConfig
 from refine.document import Document, Filter
-from refine.filters.c4 import C4Filter
-from refine.filters.classifier import ClassifierFilter
-from refine.filters.fineweb import FineWebQualityFilter
-from refine.filters.language import LanguageFilter
-from refine.filters.lines import LineCorrectionFilter
-from refine.filters.pii import STAGE as PII
 from refine.filters.pii import anonymise_counted
-from refine.filters.quality import QualityFilter
-from refine.filters.repetition import RepetitionFilter
-from refine.filters.url import URLFilter
 from refine.languages import language_chains
-from refine.readers import SourceRecord, Unit, read_unit
+from refine.readers import PAYLOAD_BYTES, SourceRecord, Unit, read_unit
 from refine.rundir import DATA, FILTERED, PARTS, REJECTED, RunDir, as_run_dir
 from refine.sandbox import OK, ExtractionSandbox
-from refine.shards import KEPT_SCHEMA, REJECTED_SCHEMA, ShardWriter
+from refine.shards import KEPT_SCHEMA, REJECTED_SCHEMA, ShardWriter, kept_row, rejected_row
 from refine.stats import UnitStats
 
 WARN_REASONS = ("corrupt_record", "truncated_record", "record_too_large")
 BATCH_RECORDS = 64  # records per stage-by-stage batch (~10 MB of HTML on Common Crawl pages)
 BATCH_CHARS = 16 << 20  # and at most this much payload text held at once
+HTML_CHARS = f"{stages.EXTRACT.prefix}html_chars"  # the page's HTML, in characters
+READ, URL, EXTRACT, WRITE = (stages.READ.name, stages.URL.name, stages.EXTRACT.name,
+                             stages.WRITE.name)
 
 
 class _Outcome:
@@ -62,22 +57,9 @@ def units_done(run_dir: RunDir) -> set[str]:
 
 
 def build_text_filters(config: RunConfig) -> list[tuple[str, Filter]]:
-    stages: list[tuple[str, Filter]] = []
-    if config.language.enabled:
-        stages.append(("language", LanguageFilter(config.language)))
-    if config.repetition.enabled:
-        stages.append(("repetition", RepetitionFilter(config.repetition)))
-    if config.quality.enabled:
-        stages.append(("quality", QualityFilter(config.quality)))
-    if config.c4.enabled:  # optional stages (refine.stats.OPTIONAL_STAGES): FineWeb's
-        stages.append((C4Filter.name, C4Filter(config.c4)))
-    if config.fineweb.enabled:
-        stages.append((FineWebQualityFilter.name, FineWebQualityFilter(config.fineweb)))
-    if config.lines.enabled:
-        stages.append(("lines", LineCorrectionFilter(config.lines)))
-    if config.classifier.enabled:  # optional: the trained quality classifier, on the final text
-        stages.append((ClassifierFilter.name, ClassifierFilter(config.classifier)))
-    return stages
+    """(stage name, filter) of the enabled text stages (refine.stages), in run order."""
+    return [(stage.name, stage.build(config)) for stage in stages.TEXT_FILTER_STAGES
+            if stage.enabled(config)]
 
 
 class UnitProcessor:
@@ -87,14 +69,17 @@ class UnitProcessor:
         self.config, self.run_dir = config, as_run_dir(run_dir)
         self.sandbox = ExtractionSandbox(config.extract.model_dump(), config.extract.timeout_s)
         self.sandbox.start()  # the child imports trafilatura while we load the other models
-        self.url_filter = URLFilter(config.url).load() if config.url.enabled else None
+        url_stage = stages.URL
+        self.url_filter = url_stage.build(config).load() if url_stage.enabled(config) else None
         self.text_filters = build_text_filters(config)
         # languages with their own settings: a chain each, the same stages (refine.languages)
         self.language_filters = language_chains(config, self.text_filters)
         # with dedup, stages 1-7 write to filtered/ and the dedup stages write data/ from it
         self.kept_dir = FILTERED if config.dedup.enabled else DATA
         # PII goes from the text written: here without dedup, else in dedup's rewrite
-        self.pii = config.pii if config.pii.enabled and not config.dedup.enabled else None
+        pii = stages.PII
+        self.pii = (pii.section(config) if pii.enabled(config) and not config.dedup.enabled
+                    else None)
 
     def close(self) -> None:
         self.sandbox.close()
@@ -109,24 +94,24 @@ class UnitProcessor:
         rejected = ShardWriter(self.run_dir, REJECTED, unit.id, REJECTED_SCHEMA,
                                out.shard_bytes, out.compression)
         stats = UnitStats(unit.id, unit.path, [name for name, _ in self.text_filters]
-                          + ([PII] if self.pii else []))
+                          + ([stages.PII.name] if self.pii else []))
         batch: list[SourceRecord] = []
         batch_chars = 0
         clock = time.thread_time()
         for record in read_unit(unit, self.config.read.max_record_bytes):
-            stats.stages["read"]["cpu_s"] += time.thread_time() - clock
+            stats.stages[READ]["cpu_s"] += time.thread_time() - clock
             batch.append(record)
             batch_chars += len(record.html or record.doc.text)
             if len(batch) == BATCH_RECORDS or batch_chars >= BATCH_CHARS:
                 self._process_batch(batch, stats, kept, rejected)
                 batch, batch_chars = [], 0
             clock = time.thread_time()
-        stats.stages["read"]["cpu_s"] += time.thread_time() - clock
+        stats.stages[READ]["cpu_s"] += time.thread_time() - clock
         self._process_batch(batch, stats, kept, rejected)
         write_started = time.thread_time()
         kept.close()
         rejected.close()
-        stats.stages["write"]["cpu_s"] += time.thread_time() - write_started
+        stats.stages[WRITE]["cpu_s"] += time.thread_time() - write_started
         stats.wall_s = time.monotonic() - started
         summary = stats.to_dict()
         summary["finished_unix"] = round(time.time(), 3)
@@ -167,17 +152,17 @@ class UnitProcessor:
         doc = out.doc
         stats.read += 1
         stats.records_by_type[record.record_type] += 1
-        read = stats.stages["read"]
+        read = stats.stages[READ]
         read["in"] += 1
-        read["bytes_in"] += int(doc.metrics.get("read.payload_bytes", len(doc.text)))
+        read["bytes_in"] += int(doc.metrics.get(PAYLOAD_BYTES, len(doc.text)))
         if record.reason:
             if record.reason in WARN_REASONS:
                 out.warnings.append(f"{doc.file_path} @ {doc.offset}: {record.reason}")
-            self._reject(out, "read", record.reason, stats)
+            self._reject(out, READ, record.reason, stats)
             return False
         read["out"] += 1
         # text corpora often carry no URL: there is nothing for the URL stage to judge then
-        if self.url_filter is not None and doc.url and not self._run(self.url_filter, "url", out,
+        if self.url_filter is not None and doc.url and not self._run(self.url_filter, URL, out,
                                                                      stats):
             return False
         return record.html is None or self._extract(record.html, out, stats)
@@ -185,19 +170,14 @@ class UnitProcessor:
     def _keep(self, out: _Outcome, stats: UnitStats) -> None:
         doc = out.doc
         if self.pii is not None:
-            doc.text, found = anonymise_counted(doc.text, self.pii, stats.stages[PII])
+            doc.text, found = anonymise_counted(doc.text, self.pii, stats.stages[stages.PII.name])
             doc.metrics.update(found)
-        write = stats.stages["write"]
+        write = stats.stages[WRITE]
         write["in"] += 1
         write["out"] += 1
         write["bytes_out"] += len(doc.text)
         stats.kept += 1
-        out.row = {
-            "id": doc.id, "url": doc.url, "date": doc.date, "text": doc.text,
-            "language": doc.language, "language_score": doc.language_score,
-            "token_count": len(doc.text.split()), "file_path": doc.file_path,
-            "offset": doc.offset, "metrics": doc.metrics,
-        }
+        out.row = kept_row(doc)
 
     def _run(self, stage_filter: Filter, stage: str, out: _Outcome, stats: UnitStats) -> bool:
         doc = out.doc
@@ -216,20 +196,20 @@ class UnitProcessor:
 
     def _extract(self, html: str, out: _Outcome, stats: UnitStats) -> bool:
         doc = out.doc
-        counters = stats.stages["extract"]
+        counters = stats.stages[EXTRACT]
         counters["in"] += 1
         counters["bytes_in"] += len(html)
         started = time.thread_time()
         status, text, child_cpu, error = self.sandbox.extract(html)
         counters["cpu_s"] += time.thread_time() - started + child_cpu
         # documents carry no timings: output must be the same bytes on every rerun
-        doc.metrics["extract.html_chars"] = float(len(html))
+        doc.metrics[HTML_CHARS] = float(len(html))
         if status == OK and not text:
             status = "no_extracted_text"
         if status != OK:
             if error:
                 out.warnings.append(f"{doc.file_path} @ {doc.offset}: {status}: {error}")
-            self._reject(out, "extract", status, stats)
+            self._reject(out, EXTRACT, status, stats)
             return False
         doc.text = text
         counters["out"] += 1
@@ -239,11 +219,5 @@ class UnitProcessor:
     def _reject(self, out: _Outcome, stage: str, reason: str, stats: UnitStats) -> None:
         doc = out.doc
         stats.reject(stage, reason)
-        cut = doc.text[: self.config.output.rejected_text_chars]
         out.rejected = True
-        out.row = {
-            "id": doc.id, "url": doc.url, "date": doc.date, "file_path": doc.file_path,
-            "offset": doc.offset, "stage": stage, "reason": reason, "duplicate_of": None,
-            "language": doc.language, "metrics": doc.metrics, "text": cut,
-            "text_chars": len(doc.text),
-        }
+        out.row = rejected_row(doc, stage, reason, self.config.output.rejected_text_chars)

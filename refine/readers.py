@@ -29,11 +29,13 @@ from refine.payload import (
     is_html,
     parse_http_response,
 )
+from refine.stages import READ
 from refine.warc import find_member_start, is_gzip, iter_records
 
 TEXT_RECORD_TYPES = ("conversion",)
 DOCUMENT_RECORD_TYPES = ("response", *TEXT_RECORD_TYPES)
 HTTP_BLOCK_TYPES = ("application/http",)  # WARC Content-Type of a block that is an HTTP message
+PAYLOAD_BYTES = f"{READ.prefix}payload_bytes"  # a record's bytes, before extraction
 _GLOB = re.compile(r"[*?\[]")
 
 
@@ -177,9 +179,9 @@ def _html_record(
             raise PayloadError("not_html")
         html = decode_html(response.body, response.headers.get("content-type", ""))
     except PayloadError as error:
-        doc.metrics["read.payload_bytes"] = float(len(block))
+        doc.metrics[PAYLOAD_BYTES] = float(len(block))
         return SourceRecord(doc, reason=error.reason)
-    doc.metrics["read.payload_bytes"] = float(len(response.body))
+    doc.metrics[PAYLOAD_BYTES] = float(len(response.body))
     return SourceRecord(doc, html=html)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from refine.document import Document
 from refine.rundir import RunDir
 
 # Metrics are stored as a list of {key, value} structs: the physical layout of an Arrow map, without
@@ -64,6 +65,28 @@ ROW_GROUP_ROWS = 2000
 def metrics_dict(entries: list[dict[str, Any]] | None) -> dict[str, float]:
     """A stored metrics value (as `to_pylist` gives it) as a dict."""
     return {entry["key"]: entry["value"] for entry in entries or ()}
+
+
+def kept_row(doc: Document) -> dict[str, Any]:
+    """The row of `KEPT_SCHEMA` of a kept document."""
+    return {
+        "id": doc.id, "url": doc.url, "date": doc.date, "text": doc.text,
+        "language": doc.language, "language_score": doc.language_score,
+        "token_count": len(doc.text.split()), "file_path": doc.file_path,
+        "offset": doc.offset, "metrics": doc.metrics,
+    }
+
+
+def rejected_row(doc: Document, stage: str, reason: str, text_chars: int,
+                 duplicate_of: str | None = None) -> dict[str, Any]:
+    """The row of `REJECTED_SCHEMA` of a document `stage` dropped for `reason`, its text cut to
+    `text_chars` characters."""
+    return {
+        "id": doc.id, "url": doc.url, "date": doc.date, "file_path": doc.file_path,
+        "offset": doc.offset, "stage": stage, "reason": reason, "duplicate_of": duplicate_of,
+        "language": doc.language, "metrics": doc.metrics, "text": doc.text[:text_chars],
+        "text_chars": len(doc.text),
+    }
 
 
 def rows_to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:

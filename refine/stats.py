@@ -11,21 +11,17 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from refine.filters import c4, classifier, fineweb, pii
+from refine import stages as registry
 from refine.rundir import PARTS, RunDir
 
-# Per-document stages in run order. The optional ones (off by default) are counted only by runs
-# that enable them, so a run without them writes the same statistics as before they existed.
-# FineWeb's: after Gopher quality, as FineWeb has them; the trained classifier: after the lines;
-# PII anonymisation: on the text written (after dedup when the run dedups).
-OPTIONAL_STAGES = (c4.STAGE, fineweb.STAGE, classifier.STAGE, pii.STAGE)
-DOCUMENT_STAGES = ("read", "url", "extract", "language", "repetition", "quality",
-                   c4.STAGE, fineweb.STAGE, "lines", classifier.STAGE, pii.STAGE, "write")
+# Stage names from the registry (refine.stages), in run order. The optional ones (off by default)
+# are counted only by runs that enable them, so a run without them writes the same statistics as
+# before they existed.
+OPTIONAL_STAGES = registry.OPTIONAL_STAGES
+DOCUMENT_STAGES = registry.DOCUMENT_STAGES  # counted per work unit
 STAGES = tuple(name for name in DOCUMENT_STAGES if name not in OPTIONAL_STAGES)  # always counted
-# Whole-run stages, after "lines", in the order they are applied: URL dedup is decided before exact
-# substrings, so that a passage is only ever cut in favour of a document that stays kept.
-DEDUP_STAGES = ("fuzzy_dedup", "url_dedup", "exact_dedup")
-ORDER = DOCUMENT_STAGES[:-2] + DEDUP_STAGES + DOCUMENT_STAGES[-2:]  # every stage, in run order
+DEDUP_STAGES = registry.DEDUP_STAGES  # whole-run stages, in the order they are applied
+ORDER = registry.ORDER  # every stage, in run order
 
 
 def new_stage() -> dict[str, Any]:
@@ -127,7 +123,8 @@ def merge(parts: list[dict[str, Any]], units_per_input: dict[str, int],
 def _apply_dedup(dedup: dict[str, Any], stages: dict[str, Any], inputs: dict[str, Any]) -> None:
     for name, stage in dedup["stages"].items():
         stages[name] = {**new_stage(), **stage}
-    stages["write"]["in"] = stages["write"]["out"] = dedup["documents_out"]  # written after dedup
+    write = stages[registry.WRITE.name]
+    write["in"] = write["out"] = dedup["documents_out"]  # written after dedup
     for path, by_reason in dedup["inputs"].items():
         entry = inputs.setdefault(path, _new_input(0))
         for reason, count in by_reason.items():

@@ -35,22 +35,27 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pretrain.encode import is_validation
-from refine.config import OPTIONAL_SECTIONS, RunConfig, parse_config
+from refine import stages
+from refine.config import RunConfig, parse_config
 from refine.dedup.fuzzy import url_key
 from refine.rundir import REJECTED, RunDir
 
 VARIANTS = ("raw", "filtered", "refined")
 RAW_RUN, RUN = "raw-run", "run"
-DEDUP_STAGES = ("fuzzy", "exact", "urls")
+# Pass 1 runs the stages up to language ID (stages 1-4) and turns off every stage after it
+# (repetition, quality, C4, FineWeb, lines, the classifier, dedup and PII; the write stays).
+RAW_STAGES = (*stages.before(stages.LANGUAGE), stages.LANGUAGE)
+RAW_OFF = tuple(stage for stage in stages.after(stages.LANGUAGE) if stage is not stages.WRITE)
 
 
 def raw_config(config: RunConfig) -> RunConfig:
-    """Stages 1-4 only: repetition, quality, C4, FineWeb, lines and dedup off."""
+    """Stages 1-4 only: every stage after language ID off."""
     data = config.model_dump(mode="json")
-    for section in ("repetition", "quality", *OPTIONAL_SECTIONS, "lines"):
-        data[section]["enabled"] = False
-    for stage in DEDUP_STAGES:
-        data["dedup"][stage]["enabled"] = False
+    for stage in RAW_OFF:
+        section = data
+        for key in stage.config_key.split("."):
+            section = section[key]
+        section["enabled"] = False
     data["name"] = f"{config.name}-ablation-raw"
     return parse_config(data, "ablation raw pass")
 
@@ -58,7 +63,7 @@ def raw_config(config: RunConfig) -> RunConfig:
 def second_pass_config(config: RunConfig) -> RunConfig:
     """The full config over pass 1's output: the URL filter already ran."""
     data = config.model_dump(mode="json")
-    data["url"]["enabled"] = False
+    data[stages.URL.config_key]["enabled"] = False
     data["name"] = f"{config.name}-ablation"
     return parse_config(data, "ablation second pass")
 
@@ -66,7 +71,7 @@ def second_pass_config(config: RunConfig) -> RunConfig:
 def check_second_pass(stats: dict[str, Any]) -> list[str]:
     """Problems with pass 2: it must not reject anything before stage 5."""
     problems = []
-    for stage in ("read", "url", "extract", "language"):
+    for stage in (stage.name for stage in RAW_STAGES):
         rejected = stats.get("stages", {}).get(stage, {}).get("rejected", {})
         if sum(rejected.values()):
             problems.append(f"second pass: stage {stage} rejected {dict(rejected)} of the raw "

@@ -38,9 +38,10 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from refine.document import Document, Threshold
+from refine.document import Document, Threshold, first_failure
+from refine.stages import C4
 
-STAGE = "c4"  # config section, stats stage and metric prefix
+STAGE = C4.name
 
 LINE_RULES = ("too_long_word", "no_terminal_punct", "too_few_words", "javascript", "policy")
 DOC_RULES = ("lorem_ipsum", "curly_bracket")  # reasons, as is too_few_sentences
@@ -104,9 +105,9 @@ class C4Config(BaseModel):
         return out
 
 
-# For the report's what-if: the one thresholded document check.
+# The one thresholded document check (`C4Filter.apply`; the report's what-if moves it).
 THRESHOLDS = (
-    Threshold(f"{STAGE}.sentences", "min_num_sentences", "min", "too_few_sentences",
+    Threshold(f"{C4.prefix}sentences", "min_num_sentences", "min", "too_few_sentences",
               integer=True),
 )
 
@@ -120,7 +121,7 @@ class C4Filter:
     lines up to the one that dropped it. Reasons: lorem_ipsum, curly_bracket, too_few_sentences.
     """
 
-    name = STAGE
+    name = C4.metrics
 
     def __init__(self, config: C4Config | None = None) -> None:
         c = self.config = config or C4Config()
@@ -217,8 +218,9 @@ class C4Filter:
         m[k["sentences"]] = float(sentences)
         if reason is not None:
             return reason
-        if sentences < c.min_num_sentences:
-            return "too_few_sentences"
+        reason = first_failure(THRESHOLDS, m, self.config)
+        if reason is not None:
+            return reason
         if removed or counts["citations_removed"]:
             doc.text = _join(kept)
         return None

@@ -26,10 +26,11 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from refine.document import Document, Threshold
+from refine.document import Document, Threshold, first_failure
+from refine.stages import CLASSIFIER
 
-STAGE = "classifier"  # config section and stats stage
-METRIC = "quality.classifier_score"  # as the issue names it
+STAGE = CLASSIFIER.name
+METRIC = f"{CLASSIFIER.prefix}classifier_score"  # as the issue names it
 REASON = "low_classifier_score"
 TOLERANCE = 1e-12  # a threshold written back from a resolved top_fraction
 
@@ -94,7 +95,7 @@ class ClassifierConfig(BaseModel):
         return self
 
 
-# For the report's what-if: keep at score >= threshold.
+# Keep at score >= threshold (`ClassifierFilter.apply`; the report's what-if moves it).
 THRESHOLDS = (Threshold(METRIC, "threshold", "min", REASON),)
 
 
@@ -110,6 +111,7 @@ class ClassifierFilter:
             from refine.quality_classifier import load_model
 
             assert self.config.model is not None  # checked by the config
+            assert self.config.threshold is not None  # resolved by the config
             self.model = load_model(self.config.model)
 
     def apply(self, doc: Document) -> str | None:
@@ -117,9 +119,7 @@ class ClassifierFilter:
             return None
         score = self.model.score(doc.text)
         doc.metrics[METRIC] = score
-        threshold = self.config.threshold
-        assert threshold is not None  # resolved by the config
-        return REASON if score < threshold else None
+        return first_failure(THRESHOLDS, doc.metrics, self.config)
 
 
 __all__ = ["METRIC", "REASON", "STAGE", "THRESHOLDS", "ClassifierConfig", "ClassifierFilter"]

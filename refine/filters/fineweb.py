@@ -28,9 +28,10 @@ from itertools import repeat
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from refine.document import Document, Threshold
+from refine.document import Document, Threshold, first_failure
+from refine.stages import FINEWEB
 
-STAGE = "fineweb"  # config section, stats stage and metric prefix
+STAGE = FINEWEB.name
 CHECKS = ("line_punct_ratio", "short_line_ratio", "char_dup_ratio")  # metric and reason names
 DEFAULT_STOP_CHARS = (".", "'", '"', "!", "?")
 
@@ -53,11 +54,13 @@ class FineWebQualityConfig(BaseModel):
         return v
 
 
-# For the report's what-if ("above": kept when the metric is > the threshold; "below": <).
+# The checks of `FineWebQualityFilter.apply`, in its order, after "empty" (and the report's
+# what-if): "above": kept when the metric is > the threshold; "below": <.
+_F = FINEWEB.prefix
 THRESHOLDS = (
-    Threshold(f"{STAGE}.line_punct_ratio", "line_punct_thr", "above", "line_punct_ratio"),
-    Threshold(f"{STAGE}.short_line_ratio", "short_line_thr", "below", "short_line_ratio"),
-    Threshold(f"{STAGE}.char_dup_ratio", "char_duplicates_ratio", "below", "char_dup_ratio"),
+    Threshold(f"{_F}line_punct_ratio", "line_punct_thr", "above", "line_punct_ratio"),
+    Threshold(f"{_F}short_line_ratio", "short_line_thr", "below", "short_line_ratio"),
+    Threshold(f"{_F}char_dup_ratio", "char_duplicates_ratio", "below", "char_dup_ratio"),
 )
 
 
@@ -81,7 +84,7 @@ class FineWebQualityFilter:
     """FineWeb's three line heuristics. Metrics (``fineweb.`` + ): lines, and each of
     `CHECKS`. Reasons: empty, then `CHECKS` in order."""
 
-    name = STAGE
+    name = FINEWEB.metrics
 
     def __init__(self, config: FineWebQualityConfig | None = None) -> None:
         self.config = c = config or FineWebQualityConfig()
@@ -117,13 +120,7 @@ class FineWebQualityFilter:
             doc.metrics[k[check]] = m[check]
         if not n:
             return "empty"
-        if m["line_punct_ratio"] <= c.line_punct_thr:
-            return "line_punct_ratio"
-        if m["short_line_ratio"] >= c.short_line_thr:
-            return "short_line_ratio"
-        if m["char_dup_ratio"] >= c.char_duplicates_ratio:
-            return "char_dup_ratio"
-        return None
+        return first_failure(THRESHOLDS, doc.metrics, self.config)
 
 
 __all__ = ["CHECKS", "STAGE", "THRESHOLDS", "FineWebQualityConfig", "FineWebQualityFilter",

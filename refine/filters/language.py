@@ -6,7 +6,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from refine.document import Document, Threshold
+from refine.document import Document, Threshold, first_failure
+from refine.stages import LANGUAGE
 
 
 def packaged_model_path() -> Path:
@@ -26,11 +27,12 @@ class LanguageConfig(BaseModel):
 
 # For the report's what-if. The language-set check runs first and is not a threshold: a
 # document dropped by it (language_not_selected) is never counted as passing at another score.
-THRESHOLDS = (Threshold("language.score", "min_score", "min", "low_language_score"),)
+SCORE = f"{LANGUAGE.prefix}score"
+THRESHOLDS = (Threshold(SCORE, "min_score", "min", "low_language_score"),)
 
 
 class LanguageFilter:
-    name = "language"
+    name = LANGUAGE.name
 
     def __init__(self, config: LanguageConfig):
         import fasttext  # fasttext-predict: only predict(), works under NumPy 2
@@ -47,9 +49,7 @@ class LanguageFilter:
 
     def apply(self, doc: Document) -> str | None:
         doc.language, doc.language_score = self.identify(doc.text)
-        doc.metrics["language.score"] = doc.language_score
+        doc.metrics[SCORE] = doc.language_score
         if self.languages and doc.language not in self.languages:
             return "language_not_selected"
-        if doc.language_score < self.config.min_score:
-            return "low_language_score"
-        return None
+        return first_failure(THRESHOLDS, doc.metrics, self.config)

@@ -18,7 +18,8 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from refine.document import Document, Threshold
+from refine.document import Document, Threshold, first_failure
+from refine.stages import LINES
 
 RULES = ("uppercase", "numeric", "counter", "single_word", "boilerplate")
 
@@ -125,9 +126,9 @@ class LineCorrectionConfig(BaseModel):
         return out
 
 
-# For the report's what-if: the one document-level check.
+# The one document-level check (`LineCorrectionFilter.apply`; the report's what-if moves it).
 THRESHOLDS = (
-    Threshold("line_corrections.removed_word_frac", "max_removed_word_frac", "max",
+    Threshold(f"{LINES.prefix}removed_word_frac", "max_removed_word_frac", "max",
               "too_many_words_removed"),
 )
 
@@ -140,7 +141,7 @@ class LineCorrectionFilter:
     Reason: ``too_many_words_removed``.
     """
 
-    name = "line_corrections"
+    name = LINES.metrics
 
     def __init__(self, config: LineCorrectionConfig | None = None) -> None:
         c = self.config = config or LineCorrectionConfig()
@@ -275,7 +276,7 @@ class LineCorrectionFilter:
         m[k["lines_edited"]] = float(counts["edited"])
         for r in RULES:
             m[k[r]] = float(counts[r])
-        if frac > self.config.max_removed_word_frac:
-            return "too_many_words_removed"
-        doc.text = new_text
-        return None
+        reason = first_failure(THRESHOLDS, m, self.config)
+        if reason is None:
+            doc.text = new_text
+        return reason

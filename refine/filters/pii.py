@@ -36,7 +36,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-STAGE = "pii"
+from refine.stages import PII
+
+STAGE = PII.name
 EMAIL_PLACEHOLDER = "email@example.com"
 IP_PLACEHOLDERS = ("192.0.2.1", "198.51.100.1", "203.0.113.1")  # RFC 5737: never global
 
@@ -108,7 +110,7 @@ def anonymise(text: str, config: PIIConfig | None = None) -> tuple[str, dict[str
 
 def metrics(counts: dict[str, float]) -> dict[str, float]:
     """The document metrics of `anonymise`'s counts (``pii.emails``, ``pii.ips``)."""
-    return {f"{STAGE}.{k}": v for k, v in counts.items()}
+    return {f"{PII.prefix}{k}": v for k, v in counts.items()}
 
 
 def anonymise_counted(text: str, config: PIIConfig, stage: dict[str, Any]

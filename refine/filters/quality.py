@@ -13,7 +13,8 @@ from itertools import repeat
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from refine.document import Document, Threshold
+from refine.document import Document, Threshold, first_failure
+from refine.stages import QUALITY
 
 BULLETS = ("•", "-", "*", "‣", "⁃", "◦", "▪", "●", "·")
 ELLIPSES = ("...", "…")
@@ -61,11 +62,12 @@ class QualityConfig(BaseModel):
         return self
 
 
-_Q = "gopher_quality."
-# The checks of `QualityFilter.apply` as data, for the report's what-if (same order).
+_Q = QUALITY.prefix
+N_WORDS = _Q + "n_words"
+# The checks of `QualityFilter.apply`, in the order it checks them (and the report's what-if).
 THRESHOLDS = (
-    Threshold(_Q + "n_words", "min_words", "min", "too_few_words", integer=True),
-    Threshold(_Q + "n_words", "max_words", "max", "too_many_words", integer=True),
+    Threshold(N_WORDS, "min_words", "min", "too_few_words", integer=True),
+    Threshold(N_WORDS, "max_words", "max", "too_many_words", integer=True),
     Threshold(_Q + "mean_word_len", "min_mean_word_len", "min", "mean_word_len"),
     Threshold(_Q + "mean_word_len", "max_mean_word_len", "max", "mean_word_len"),
     Threshold(_Q + "hash_word_ratio", "max_hash_word_ratio", "max", "hash_word_ratio"),
@@ -89,7 +91,7 @@ class QualityFilter:
     either the hash symbol or the ellipsis"), not one summed ratio.
     """
 
-    name = "gopher_quality"
+    name = QUALITY.metrics
 
     def __init__(self, config: QualityConfig | None = None) -> None:
         self.config = config or QualityConfig()
@@ -130,34 +132,15 @@ class QualityFilter:
         n_stop = len(self._stop.intersection(map(str.lower, stripped)))
 
         k = self._k
-        doc.metrics.update(
-            {
-                k["n_words"]: float(n_words),
-                k["mean_word_len"]: mean_len,
-                k["hash_word_ratio"]: hashes,
-                k["ellipsis_word_ratio"]: ellipses,
-                k["bullet_line_frac"]: bullet,
-                k["ellipsis_line_frac"]: ellipsis,
-                k["alpha_word_frac"]: alpha,
-                k["stop_words"]: float(n_stop),
-            }
-        )
-        if n_words < c.min_words:
-            return "too_few_words"
-        if n_words > c.max_words:
-            return "too_many_words"
-        if not c.min_mean_word_len <= mean_len <= c.max_mean_word_len:
-            return "mean_word_len"
-        if hashes > c.max_hash_word_ratio:
-            return "hash_word_ratio"
-        if ellipses > c.max_ellipsis_word_ratio:
-            return "ellipsis_word_ratio"
-        if bullet > c.max_bullet_line_frac:
-            return "bullet_line_frac"
-        if ellipsis > c.max_ellipsis_line_frac:
-            return "ellipsis_line_frac"
-        if alpha < c.min_alpha_word_frac:
-            return "alpha_word_frac"
-        if n_stop < c.min_stop_words:
-            return "stop_words"
-        return None
+        values = {
+            k["n_words"]: float(n_words),
+            k["mean_word_len"]: mean_len,
+            k["hash_word_ratio"]: hashes,
+            k["ellipsis_word_ratio"]: ellipses,
+            k["bullet_line_frac"]: bullet,
+            k["ellipsis_line_frac"]: ellipsis,
+            k["alpha_word_frac"]: alpha,
+            k["stop_words"]: float(n_stop),
+        }
+        doc.metrics.update(values)
+        return first_failure(THRESHOLDS, values, self.config)

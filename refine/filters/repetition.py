@@ -23,7 +23,8 @@ from itertools import accumulate, compress, count
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from refine.document import Document, Threshold
+from refine.document import Document, Threshold, first_failure
+from refine.stages import REPETITION
 
 _PARAGRAPH_SPLIT = re.compile(r"\n[^\S\n]*\n\s*")
 _RUNS = re.compile(rb"\x01+").finditer
@@ -65,8 +66,9 @@ CHECKS: tuple[str, ...] = (
     *(f"dup_{n}gram_char_frac" for n in DUP_NGRAM_SIZES),
 )
 
-# For the report's what-if: every check fails when its fraction is over the threshold.
-THRESHOLDS = tuple(Threshold(f"gopher_repetition.{c}", c, "max", c) for c in CHECKS)
+# Every check fails when its fraction is over the threshold; `RepetitionFilter.apply` checks them
+# in this order (and the report's what-if moves them).
+THRESHOLDS = tuple(Threshold(f"{REPETITION.prefix}{c}", c, "max", c) for c in CHECKS)
 
 
 def _dup_fracs(items: list[str]) -> tuple[float, float]:
@@ -173,11 +175,10 @@ class RepetitionFilter:
     """Gopher repetition removal. Metrics: ``gopher_repetition.<check>`` for each of `CHECKS`;
     the reason for a drop is the name of the first check over its threshold."""
 
-    name = "gopher_repetition"
+    name = REPETITION.metrics
 
     def __init__(self, config: RepetitionConfig | None = None) -> None:
         self.config = config or RepetitionConfig()
-        self._thresholds = tuple((c, float(getattr(self.config, c))) for c in CHECKS)
         self._keys = {c: f"{self.name}.{c}" for c in CHECKS}
 
     def apply(self, doc: Document) -> str | None:
@@ -185,11 +186,9 @@ class RepetitionFilter:
             return None
         m = repetition_metrics(doc.text)
         keys = self._keys
-        doc.metrics.update({keys[c]: v for c, v in m.items()})
-        for check, limit in self._thresholds:
-            if m[check] > limit:
-                return check
-        return None
+        values = {keys[c]: v for c, v in m.items()}
+        doc.metrics.update(values)
+        return first_failure(THRESHOLDS, values, self.config)
 
 
 __all__ = ["CHECKS", "THRESHOLDS", "RepetitionConfig", "RepetitionFilter", "repetition_metrics"]

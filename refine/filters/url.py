@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from refine.blocklist import DATA_DIR, URLS_FILENAME, DomainBlocklist, UrlBlocklist
 from refine.document import Document
+from refine.stages import URL
 from refine.urlnorm import normalize_domain, split_url
 
 HARD_WORDS_PATH = DATA_DIR / "url-hard-words.txt"
@@ -159,6 +160,9 @@ def substring_regex(substrings: frozenset[str] | set[str]) -> re.Pattern[bytes] 
     return re.compile(build(trie).encode())
 
 
+SOFT_WORD_HITS = f"{URL.prefix}soft_word_hits"  # the one metric
+
+
 class URLFilter:
     """Drops documents by URL. See the module docstring for checks and reasons.
 
@@ -167,7 +171,7 @@ class URLFilter:
     a filter shipped to a worker reloads them there.
     """
 
-    name = "url"
+    name = URL.name
 
     def __init__(self, config: URLFilterConfig | None = None) -> None:
         self.config = config = config or URLFilterConfig()
@@ -244,7 +248,7 @@ class URLFilter:
                 text = unquote(text, errors="replace")
             words = url_words(text)
             soft_hits = len(self._soft.intersection(words))
-            doc.metrics["url.soft_word_hits"] = float(soft_hits)
+            doc.metrics[SOFT_WORD_HITS] = float(soft_hits)
             if not self._hard.isdisjoint(words):
                 return "hard_word"
             if soft_hits >= self._soft_min:

@@ -14,8 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from refine import accounting
-from refine.filters import c4, classifier, fineweb
+from refine import accounting, stages
+from refine.filters.quality import N_WORDS
 from refine.languages import config_dict_for
 from refine.report import whatif
 from refine.report.columns import metric_arrays, word_counts
@@ -35,16 +35,10 @@ from refine.stats import ORDER, load_parts, merge
 
 log = logging.getLogger("refine.report")
 BATCH_ROWS = 65_536
-TEXT_STAGES_FROM = "extract"  # words are counted from extraction on (before it: HTML)
+TEXT_STAGES_FROM = stages.EXTRACT.name  # words are counted from extraction on (before it: HTML)
 EXAMPLE_CHARS = 2000  # text shown per example
-STAGE_METRIC_PREFIX = {
-    "read": "read.", "url": "url.", "extract": "extract.", "language": "language.",
-    "repetition": "gopher_repetition.", "quality": "gopher_quality.",
-    "lines": "line_corrections.", "exact_dedup": "exact_dedup.",
-    c4.STAGE: f"{c4.STAGE}.", fineweb.STAGE: f"{fineweb.STAGE}.",
-    classifier.STAGE: classifier.METRIC,
-}
-N_WORDS = "gopher_quality.n_words"
+# an example shows the metrics of the stage that dropped it
+STAGE_METRIC_PREFIX = {stage.name: stage.prefix for stage in stages.STAGES if stage.metrics}
 
 
 class ReportError(Exception):
@@ -174,11 +168,11 @@ def _scan_rejected(run: RunDir, config: dict[str, Any], keys: dict[str, list[str
                 stage_rows[name].add(reason_values[mask], words[mask],
                                      {k: metrics[k][mask] for k in stage_keys},
                                      language_values[mask])
-        language_mask = stage_values == "language"
+        language_mask = stage_values == stages.LANGUAGE.name
         if language_mask.any():
             lang_codes, langs = _codes(batch.column("language").filter(pa.array(language_mask)))
             _count(language_rejected, lang_codes, langs)
-        fuzzy = stage_values == "fuzzy_dedup"
+        fuzzy = stage_values == stages.FUZZY_DEDUP.name
         if fuzzy.any():
             clusters.update(batch.column("duplicate_of").filter(pa.array(fuzzy)).to_pylist())
         reservoir.offer(batch, group, groups)

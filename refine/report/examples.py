@@ -12,6 +12,7 @@ import pyarrow as pa
 from refine.filters import c4, fineweb
 from refine.filters.lines import LineCorrectionConfig, LineCorrectionFilter
 from refine.filters.quality import BULLETS, ELLIPSES
+from refine.stages import C4, FINEWEB, LINES, QUALITY, REPETITION
 
 Highlight = tuple[int, int, str]  # start, end (characters of the shown text), label
 _WORDS = re.compile(r"\S+")
@@ -98,24 +99,24 @@ def _repeated_ngrams(text: str, n: int, top_only: bool) -> list[Highlight]:
 
 def highlights(stage: str, reason: str, text: str, config: dict[str, Any]) -> list[Highlight]:
     """What made `stage` drop the document, recomputed on the stored (possibly cut) text."""
-    if stage == "lines" and config.get("lines"):
-        line_filter = LineCorrectionFilter(LineCorrectionConfig(**config["lines"]))
+    if stage == LINES.name and config.get(LINES.config_key):
+        line_filter = LineCorrectionFilter(LineCorrectionConfig(**config[LINES.config_key]))
         return line_filter.line_flags(text)
-    if stage == c4.STAGE and config.get(c4.STAGE):
-        return c4.C4Filter(c4.C4Config(**config[c4.STAGE])).line_flags(text)
-    if stage == fineweb.STAGE and config.get(fineweb.STAGE):
+    if stage == C4.name and config.get(C4.config_key):
+        return c4.C4Filter(c4.C4Config(**config[C4.config_key])).line_flags(text)
+    if stage == FINEWEB.name and config.get(FINEWEB.config_key):
         quality_filter = fineweb.FineWebQualityFilter(
-            fineweb.FineWebQualityConfig(**config[fineweb.STAGE]))
+            fineweb.FineWebQualityConfig(**config[FINEWEB.config_key]))
         return quality_filter.line_flags(text, reason)
-    if stage == "repetition":
+    if stage == REPETITION.name:
         match = _NGRAM_REASON.fullmatch(reason)
         if match:
             return _repeated_ngrams(text, int(match.group(2)), match.group(1) == "top")
         return _duplicate_lines(text)
-    if stage == "quality" and reason == "bullet_line_frac":
+    if stage == QUALITY.name and reason == "bullet_line_frac":
         return [(s, e, "bullet line") for s, e, line in _line_spans(text)
                 if line.startswith(BULLETS)]
-    if stage == "quality" and reason == "ellipsis_line_frac":
+    if stage == QUALITY.name and reason == "ellipsis_line_frac":
         return [(s, e, "ellipsis line") for s, e, line in _line_spans(text)
                 if line.endswith(ELLIPSES)]
     return []

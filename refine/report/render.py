@@ -15,6 +15,7 @@ from typing import Any
 
 from refine.report.ablation import html_section
 from refine.report.whatif import STAGE_THRESHOLDS
+from refine.stages import EXACT_DEDUP, FUZZY_DEDUP, URL_DEDUP
 from refine.stats import OPTIONAL_STAGES
 
 HIST_WIDTH, HIST_HEIGHT = 720, 120
@@ -291,7 +292,7 @@ def _languages(data: dict[str, Any]) -> str:
 def _dedup(data: dict[str, Any]) -> str:
     stats, d = data["stats"], data["dedup"]
     out = []
-    fuzzy = stats["stages"].get("fuzzy_dedup")
+    fuzzy = stats["stages"].get(FUZZY_DEDUP.name)
     if fuzzy is not None:
         removed = sum(fuzzy["rejected"].values())
         rows = "".join(f'<tr><td class="l">{_e(k)}</td><td>{_n(v)}</td></tr>'
@@ -301,7 +302,7 @@ def _dedup(data: dict[str, Any]) -> str:
                    "cluster it survived in <code>fuzzy_dedup.cluster_size</code>.</p>"
                    + ('<table><tr><th class="l">cluster size (with the kept document)</th>'
                       f"<th>clusters</th></tr>{rows}</table>" if rows else ""))
-    exact = stats["stages"].get("exact_dedup")
+    exact = stats["stages"].get(EXACT_DEDUP.name)
     if exact is not None:
         s = d["spans"]
         rows = "".join(f'<tr><td class="l">{_e(k)}</td><td>{_n(v)}</td></tr>'
@@ -312,7 +313,7 @@ def _dedup(data: dict[str, Any]) -> str:
                    + ('<table><tr><th class="l">span tokens</th><th>spans</th></tr>'
                       f"{rows}</table>" if rows else "")
                    + "".join(_example(ex, "cut") for ex in d["span_examples"]))
-    urls = stats["stages"].get("url_dedup")
+    urls = stats["stages"].get(URL_DEDUP.name)
     if urls is not None:
         reasons = ", ".join(f"{_e(r)} {_n(n)}" for r, n in urls["rejected"].items()) or "none"
         out.append(f"<h3>URLs</h3><p>{_n(urls['in'])} in, {_n(urls['out'])} kept; removed: "

@@ -23,20 +23,13 @@ from typing import Any
 
 import numpy as np
 
+from refine import stages
 from refine.document import Threshold
-from refine.filters import c4, classifier, fineweb, language, lines, quality, repetition
 
 # Stages with thresholded checks, in run order (the URL filter's soft-word count is followed by
-# a check that stores no metric, so its what-if could not be exact: not offered).
+# a check that stores no metric, so its what-if could not be exact: it has no table).
 STAGE_THRESHOLDS: dict[str, tuple[Threshold, ...]] = {
-    "language": language.THRESHOLDS,
-    "repetition": repetition.THRESHOLDS,
-    "quality": quality.THRESHOLDS,
-    c4.STAGE: c4.THRESHOLDS,
-    fineweb.STAGE: fineweb.THRESHOLDS,
-    "lines": lines.THRESHOLDS,
-    classifier.STAGE: classifier.THRESHOLDS,
-}
+    stage.name: stage.thresholds for stage in stages.STAGES if stage.thresholds}
 # Threshold.direction: what a document needs to be kept. "min": metric >= t, "max": metric <= t,
 # "above": metric > t, "below": metric < t (FineWeb's checks drop at equality).
 UPPER = {"min": False, "max": True, "above": False, "below": True}  # kept under the threshold
