@@ -227,16 +227,7 @@ def measure(name: str, config: MinHashConfig, texts: list[str], repeat: int, sou
         repeat,
     )
     ms = {k: 1000 / v for k, v in steps.items()}
-    line: dict = {
-        "bench": "dedup_minhash_signatures",
-        "preset": name,
-        "bands_x_rows": f"{config.num_bands}x{config.rows_per_band}",
-        "num_perm": config.num_perm,
-        "scheme": config.scheme,
-        "docs": len(docs),
-        "mean_shingles": round(sum(map(len, docs)) / max(1, len(docs)), 1),
-        "mean_distinct_shingles": round(sum(map(len, raw)) / max(1, len(raw)), 1),
-    }
+    line = line_head(name, config, docs, raw)
     line.update({f"{k}_docs_per_s_per_core": round(v, 1) for k, v in rates.items()})
     for ours_key, theirs_key in (
         ("refine_from_hashes", "datasketch_from_hashes"),
@@ -313,23 +304,29 @@ def measure_sketch(
         },
         repeat,
     )
-    line: dict = {
-        "bench": "dedup_minhash_signatures",
-        "preset": name,
-        "bands_x_rows": f"{config.num_bands}x{config.rows_per_band}",
-        "num_perm": config.num_perm,
-        "scheme": config.scheme,
-        "shingle_hash": config.shingle_hash,
-        "docs": len(docs),
-        "mean_shingles": round(sum(map(len, docs)) / max(1, len(docs)), 1),
-        "mean_distinct_shingles": round(sum(map(len, hashes)) / max(1, len(hashes)), 1),
-        "rensa": rensa.__version__ if hasattr(rensa, "__version__") else "",
-    }
+    from importlib.metadata import version
+
+    line = line_head(name, config, docs, hashes) | {"shingle_hash": config.shingle_hash,
+                                                    "rensa": version("rensa")}
     line.update({f"{k}_docs_per_s_per_core": round(v, 1) for k, v in rates.items()})
     line["timer"] = f"process_time, best of {repeat}, runs alternating"
     line["loadavg_1m"] = round(os.getloadavg()[0], 2)
     line["source"] = source
     return line
+
+
+def line_head(name: str, config: MinHashConfig, docs: list, distinct: list) -> dict:
+    """The fields that open a signature line: the preset and the documents' shingle counts."""
+    return {
+        "bench": "dedup_minhash_signatures",
+        "preset": name,
+        "bands_x_rows": f"{config.num_bands}x{config.rows_per_band}",
+        "num_perm": config.num_perm,
+        "scheme": config.scheme,
+        "docs": len(docs),
+        "mean_shingles": round(sum(map(len, docs)) / max(1, len(docs)), 1),
+        "mean_distinct_shingles": round(sum(map(len, distinct)) / max(1, len(distinct)), 1),
+    }
 
 
 def _equal(ours: Any, theirs: list) -> bool:
