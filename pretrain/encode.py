@@ -257,46 +257,26 @@ def _sizes(files: list[str]) -> list[int]:
 def _run_actors(files: list[str], out_dir: Location, model_proto: bytes, dtype: str,
                 val_fraction: float, workers: int | None, batch_rows: int,
                 address: str | None) -> list[dict[str, Any]]:
-    import ray
+    from refine.dag import map_actors
 
-    from refine.dag import init_ray
-
-    init_ray(address)
-    cpus = ray.available_resources().get("CPU", 1.0)
-    size = max(1, min(workers or int(max(1, cpus)), len(files)))
-    # Fractional reservations so the pool always fits what is free (see DESIGN pitfalls).
-    actor_cls = ray.remote(num_cpus=min(1.0, max(0.1, cpus / size)))(ShardEncoder)
-    proto_ref = ray.put(model_proto)
-    actors = [actor_cls.remote(proto_ref, dtype, val_fraction, batch_rows) for _ in range(size)]
-    log.info("encoding %d files on %d actors", len(files), size)
     # Largest files first for balance; the outputs do not depend on the schedule.
     queue = [path for _, _, path in sorted(zip((-size for size in _sizes(files)),
                                                map(posixpath.basename, files), files,
                                                strict=True))]
     target = describe(out_dir)  # absolute or a URL: actors may run elsewhere
-    pending: dict[Any, Any] = {}
     summaries: list[dict[str, Any]] = []
-    idle = list(actors)
     started = time.monotonic()
-    try:
-        while queue or pending:
-            while queue and idle:
-                actor = idle.pop()
-                source = queue.pop(0)  # absolute or a URL (parquet_files)
-                pending[actor.encode_file.remote(source, target)] = actor
-            done, _ = ray.wait(list(pending), num_returns=1)
-            idle.append(pending.pop(done[0]))
-            summary = ray.get(done[0])
-            summaries.append(summary)
-            tokens = summary["train"]["tokens"] + summary["val"]["tokens"]
-            log.info("[%d/%d] %s: %d docs, %d tokens (%.0f tokens/s in the actor)",
-                     len(summaries), len(files), summary["name"],
-                     summary["train"]["documents"] + summary["val"]["documents"], tokens,
-                     tokens / max(summary["timing"]["seconds"], 1e-9))
-        log.info("encoded %d files in %.1f s", len(files), time.monotonic() - started)
-    finally:
-        for actor in actors:
-            ray.kill(actor)
+    log.info("encoding %d files", len(files))
+    for summary in map_actors(ShardEncoder, (model_proto, dtype, val_fraction, batch_rows),
+                              "encode_file", [(source, target) for source in queue], workers,
+                              address):
+        summaries.append(summary)
+        tokens = summary["train"]["tokens"] + summary["val"]["tokens"]
+        log.info("[%d/%d] %s: %d docs, %d tokens (%.0f tokens/s in the actor)",
+                 len(summaries), len(files), summary["name"],
+                 summary["train"]["documents"] + summary["val"]["documents"], tokens,
+                 tokens / max(summary["timing"]["seconds"], 1e-9))
+    log.info("encoded %d files in %.1f s", len(files), time.monotonic() - started)
     return summaries
 
 

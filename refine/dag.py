@@ -200,3 +200,39 @@ def map_tasks(fn: Callable[..., Any], arguments: list[tuple], workers: int,
             if on_done is not None:
                 on_done(len(arguments) - len(waiting) - len(running), len(arguments))
     return results
+
+
+def map_actors(actor_class: type, constructor_args: tuple, method: str, arguments: list[tuple],
+               workers: int | None = None, address: str | None = None) -> Iterator[Any]:
+    """`actor.<method>(*args)` for each tuple on a pool of `actor_class(*constructor_args)`
+    actors (`workers` of them, default one per available CPU, never more than the calls);
+    yields the results as they finish, in that order. Each constructor argument is stored
+    once in Ray's object store, however many actors share it (a model, say). For work whose
+    actors hold state worth building once: token encoding loads its tokenizer once per actor.
+    """
+    import ray
+
+    if not arguments:
+        return
+    init_ray(address)
+    cpus = ray.available_resources().get("CPU", 1.0)
+    size = max(1, min(workers or int(max(1, cpus)), len(arguments)))
+    # Fractional reservations so the pool always fits what is free (see DESIGN pitfalls).
+    remote_class = ray.remote(num_cpus=min(1.0, max(0.1, cpus / size)))(actor_class)
+    shared = [ray.put(arg) for arg in constructor_args]
+    actors = [remote_class.remote(*shared) for _ in range(size)]
+    waiting = list(arguments)[::-1]
+    pending: dict[Any, Any] = {}
+    idle = list(actors)
+    try:
+        while waiting or pending:
+            while waiting and idle:
+                actor = idle.pop()
+                pending[getattr(actor, method).remote(*waiting.pop())] = actor
+            done, _ = ray.wait(list(pending), num_returns=1)
+            idle.append(pending.pop(done[0]))
+            yield ray.get(done[0])
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+
