@@ -7,7 +7,7 @@ directory (see pretrain.inference); both give the same numbers. --data is plain 
 document per line), JSONL (a "text" field), a Parquet file, or a refine run's data/ directory,
 local or remote (s3://, gs://, ...; see pretrain.documents).
 
-The scoring is `refine ablate`'s (`pretrain.ablate.bpb.bits_per_byte`): every document on its
+The scoring is the ablation's (`pretrain.ablate.bpb.bits_per_byte`): every document on its
 own, preceded by EOS (the document separator of the training stream), every token of its text
 a target once, in windows of --seq-len inputs that advance by --stride (default: no overlap,
 lm-evaluation-harness's rolling windows). Then

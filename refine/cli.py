@@ -30,13 +30,6 @@ examples:
       --address auto      # on an existing Ray cluster
 """
 
-ABLATE_EPILOG = """\
-examples:
-  refine ablate configs/demo.yaml --input 'tests/data/warc/*.gz' --output runs/ablate-quick --quick
-  refine ablate configs/refinedweb.yaml --input '../shared/data/warc/real-html/*.warc.gz' \\
-      --output runs/ablate-real-html
-"""
-
 CLASSIFIER_EPILOG = """\
 examples:
   refine classifier train --positive refine/data/ablation-curated.jsonl.gz \\
@@ -99,43 +92,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="examples shown per stage and reason (default: 5)")
     report.add_argument("--seed", type=int, default=0, help="seed of the example sample")
     report.add_argument("--ablation", metavar="DIR", default=None,
-                        help="a `refine ablate` output directory to show (default: "
+                        help="a `python -m pretrain.ablate` output directory to show (default: "
                              "ablation.json in RUN or its parent, if there)")
-
-    ablate = commands.add_parser(
-        "ablate", help="train small models on the raw, filtered and refined variants of one "
-        "input and compare them in bits per byte",
-        description="Data-quality ablation (RefinedWeb's claim, on your crawl and thresholds): "
-        "refine the input into its raw (stages 1-4), filtered (1-7) and refined (1-10) "
-        "variants, train identical small models on each (one tokenizer, the same number of "
-        "training tokens, the same seeds) and evaluate them in bits per byte on a curated set "
-        "and on a held-out slice of the refined data. Writes DIR/ablation.json, ablation.md, "
-        "ablation.svg and DIR/run/report.html with an ablation section.",
-        epilog=ABLATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ablate.add_argument("config", help="YAML config of the refine run (the filtered and refined "
-                        "variants use it as it is)")
-    ablate.add_argument("--input", "-i", nargs="+", required=True, metavar="PATH_OR_GLOB",
-                        help="input files or globs, as for `refine run`")
-    ablate.add_argument("--output", "-o", required=True, metavar="DIR",
-                        help="ablation directory: a path, or a URL (s3://, gs://) that gets the "
-                             "two refine runs and the results")
-    ablate.add_argument("--work", metavar="LOCAL_DIR", default=None,
-                        help="with a URL --output: where the variants, tokenizer, token shards "
-                             "and models go (training reads local files; default: a temporary "
-                             "directory, removed at the end)")
-    ablate.add_argument("--quick", action="store_true",
-                        help="a minutes-long smoke run: tiny model, at most 60 steps, 24 KB of "
-                             "each curated source")
-    ablate.add_argument("--seeds", type=int, default=2,
-                        help="models per variant, seeds 0..N-1 (default: 2)")
-    ablate.add_argument("--workers", type=int, default=2,
-                        help="refine and tokenize workers (default: 2)")
-    ablate.add_argument("--tokens", type=int, default=None,
-                        help="training tokens per model (default: one epoch of the smallest "
-                             "variant, capped by the mode)")
-    ablate.add_argument("--address", default=None,
-                        help="Ray cluster address for the refine passes (default: local Ray)")
-    ablate.add_argument("--overwrite", action="store_true", help="replace DIR")
 
     blocklist = commands.add_parser("blocklist", help="manage the UT1 domain blocklist")
     block_commands = blocklist.add_subparsers(dest="blocklist_command", required=True)
@@ -314,29 +272,6 @@ def _command_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _command_ablate(args: argparse.Namespace) -> int:
-    from pretrain.ablate import AblationError, ablate
-    from refine.config import load_config
-    from refine.report.ablation import markdown_table
-    from refine.rundir import RunDir
-
-    config = load_config(args.config)  # fails before any work starts
-    try:
-        result = ablate(config, args.input, args.output, quick=args.quick, seeds=args.seeds,
-                        workers=args.workers, address=args.address, tokens=args.tokens,
-                        overwrite=args.overwrite, work=args.work)
-    except AblationError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_ERROR
-    print(markdown_table(result))
-    for problem in result["problems"]:
-        print(f"warning: {problem}", file=sys.stderr)
-    out = RunDir(args.output)
-    print(f"wrote {out.url('ablation.json')}, ablation.md, ablation.svg and "
-          f"{out.url('run', 'report.html')}")
-    return EXIT_OK
-
-
 def _command_blocklist(args: argparse.Namespace) -> int:
     if args.blocklist_command == "build-cache":
         import time
@@ -387,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     from refine.run import RunError
 
     handlers = {"run": _command_run, "stats": _command_stats, "report": _command_report,
-                "ablate": _command_ablate, "blocklist": _command_blocklist,
+                "blocklist": _command_blocklist,
                 "classifier": _command_classifier}
     try:
         return handlers[args.command](args)

@@ -1,4 +1,4 @@
-"""refine ablate (pretrain.ablate): bits per byte against hand computations, equal training
+"""python -m pretrain.ablate: bits per byte against hand computations, equal training
 budgets, the held-out exclusion, the same evaluation bytes for every model; one end-to-end
 quick run on the bundled WARC sample."""
 
@@ -383,3 +383,26 @@ def test_quick_ablation_end_to_end(local_ray, tmp_path):
     assert cli(["report", str(out / "raw-run"), "--ablation", str(out),
                 "--output", str(tmp_path / "r.html")]) == 0
     assert 'id="ablation"' in (tmp_path / "r.html").read_text()
+
+
+# --- its own command line ----------------------------------------------------------------------
+
+def test_the_command_is_pretrain_ablate_and_a_bad_config_fails_before_any_work(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from pretrain.ablate.__main__ import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("quality:\n  max_n_words: -3\n")
+    out = tmp_path / "out"
+    assert main([str(bad), "--input", str(DATA / "warc" / "*.gz"), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "max_n_words" in err, err
+    assert not out.exists()  # nothing written
+    helped = subprocess.run([sys.executable, "-m", "pretrain.ablate", "--help"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0 and "--quick" in helped.stdout
+    listed = subprocess.run([sys.executable, "-m", "refine.cli", "--help"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0 and "ablate" not in listed.stdout.split("positional")[1]

@@ -29,8 +29,9 @@ def s3():
         yield env
 
 
-def refine(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-m", "refine.cli", *args], cwd=cwd, env=env,
+def refine(env: dict[str, str], cwd: Path, *args: str,
+           module: str = "refine.cli") -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     return done
@@ -154,8 +155,9 @@ def test_quick_ablation_with_its_runs_and_results_in_the_bucket(s3, tmp_path):
     cwd, work = tmp_path / "cwd", tmp_path / "work"
     cwd.mkdir()
     url = f"s3://{BUCKET}/ablate"
-    done = refine(s3, cwd, "ablate", str(DEMO), "--input", f"s3://{BUCKET}/in/*.warc.gz",
-                  "--output", url, "--work", str(work), "--quick", "--seeds", "1")
+    done = refine(s3, cwd, str(DEMO), "--input", f"s3://{BUCKET}/in/*.warc.gz",
+                  "--output", url, "--work", str(work), "--quick", "--seeds", "1",
+                  module="pretrain.ablate")
     assert f"wrote {url}/ablation.json" in done.stdout
     out = RunDir(url)
     assert {"raw-run", "run", "ablation.json", "ablation.md", "ablation.svg"} <= set(out.entries())

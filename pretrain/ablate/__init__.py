@@ -1,6 +1,7 @@
 """Data-quality ablation: what each refinement stage buys, measured with small models.
 
-    refine ablate CONFIG --input PATH... --output DIR [--quick] [--seeds 2] [--workers 2]
+    python -m pretrain.ablate CONFIG --input PATH... --output DIR [--quick] [--seeds 2]
+        [--workers 2]
 
 From one input, the RefinedWeb variants (see `pretrain.ablate.variants`): **raw** (extracted
 text that passed language ID), **filtered** (plus repetition, quality and line rules) and

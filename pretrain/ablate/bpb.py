@@ -1,5 +1,5 @@
 """Held-out evaluation in bits per byte (tokenizer-independent): the one scoring of text that
-`refine ablate` and `python -m pretrain.evaluate` share.
+`python -m pretrain.ablate` and `python -m pretrain.evaluate` share.
 
     bpb = sum over the evaluated documents of -log2 p(token | context)
           / sum of the documents' UTF-8 bytes

@@ -24,8 +24,9 @@ def build_report(run_dir: str | Path, output: str | Path | None = None,
                  samples: int = DEFAULT_SAMPLES, seed: int = 0,
                  ablation: str | Path | None = None) -> Path | str:
     """RUN/report.html (RUN local or a URL); with a data-quality ablation section when
-    `ablation` (a `refine ablate` DIR or its ablation.json) is given or DIR/ablation.json lies in
-    RUN or its parent (local runs). `output`, a path or URL, puts the page elsewhere."""
+    `ablation` (a `python -m pretrain.ablate` DIR or its ablation.json) is given or
+    DIR/ablation.json lies in RUN or its parent (local runs). `output`, a path or URL, puts the
+    page elsewhere."""
     run = as_run_dir(run_dir)
     started = time.monotonic()
     data = collect(run, samples=samples, seed=seed)

@@ -1,5 +1,6 @@
-"""The data-quality ablation's results (DIR/ablation.json of `refine ablate`) as a markdown
-table, an SVG plot and a report section. Pure formatting: no torch, no files but the JSON."""
+"""The data-quality ablation's results (DIR/ablation.json of `python -m pretrain.ablate`) as a
+markdown table, an SVG plot and a report section. Pure formatting: no torch, no files but the
+JSON."""
 
 from __future__ import annotations
 
