@@ -18,16 +18,19 @@ def _umask_mode(mode: int = 0o666) -> int:
 
 
 @contextlib.contextmanager
-def atomic_write(dest: Path) -> Iterator[IO[bytes]]:
+def atomic_write(dest: Path, durable: bool = True) -> Iterator[IO[bytes]]:
     """A binary file to write `dest`'s content to: a temp file in `dest`'s directory, fsync-ed
-    and ``os.replace``-d onto `dest` when the block succeeds, removed when it fails."""
+    (when `durable`) and ``os.replace``-d onto `dest` when the block succeeds, removed when it
+    fails. Without `durable` the file is still whole or absent for every process, but not across
+    a power loss: for scratch files that a crash makes worthless anyway."""
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".tmp")
     try:
         os.fchmod(fd, _umask_mode())  # mkstemp makes 0600; the file may be shared
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, dest)
     except BaseException:
         with contextlib.suppress(OSError):
