@@ -53,7 +53,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -273,16 +272,14 @@ def error_response(status: int, message: str, param: str | None = None) -> JSONR
                                    "code": None}}, status_code=status)
 
 
-@serve.deployment
 class Completions:
-    """One replica: the model, its tokenizer and the HTTP routes."""
+    """One replica: the model, its tokenizer and the HTTP routes. Deployed by `build_app`,
+    which batches `complete_batch`: there each call with one request joins a batch."""
 
     def __init__(self, model_path: str, model_name: str, tokenizer: str | None,
-                 tag: str | None, dtype: str, max_batch_size: int, batch_wait_s: float):
+                 tag: str | None, dtype: str):
         self.loaded = load_model(model_path, tokenizer, tag, "cpu", dtype)
         self.model_name = model_name
-        self.complete_batch.set_max_batch_size(max_batch_size)
-        self.complete_batch.set_batch_wait_timeout_s(batch_wait_s)
 
     async def __call__(self, request: Request) -> JSONResponse:
         path, method = request.url.path.rstrip("/") or "/", request.method
@@ -307,7 +304,6 @@ class Completions:
             log.exception("completion failed")
             return error_response(500, f"completion failed: {error}")
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def complete_batch(self, requests: list[CompletionRequest]) -> list[dict]:
         """A batch of checked requests, decoded together off the event loop (health checks
         and new requests are answered and queued meanwhile)."""
@@ -324,21 +320,22 @@ def build_app(model: str | Path, *, name: str | None = None, tokenizer: str | No
               max_batch_size: int = 8, batch_wait_ms: float = 10.0,
               cpus_per_replica: float = 1.0):
     """The Serve application (not yet running)."""
+    from refine.dag import serve_app
+
     path = Path(model).resolve()
-    deployment = Completions.options(
-        num_replicas=replicas, ray_actor_options={"num_cpus": cpus_per_replica},
-        max_ongoing_requests=max(2 * max_batch_size, 8),
-        logging_config={"log_level": "WARNING", "enable_access_log": False})
-    return deployment.bind(str(path), name or path.name, tokenizer, tag, dtype, max_batch_size,
-                           batch_wait_ms / 1000)
+    return serve_app(Completions, str(path), name or path.name, tokenizer, tag, dtype,
+                     batched="complete_batch", max_batch_size=max_batch_size,
+                     batch_wait_s=batch_wait_ms / 1000, replicas=replicas,
+                     cpus_per_replica=cpus_per_replica,
+                     max_ongoing_requests=max(2 * max_batch_size, 8))
 
 
 def start(model: str | Path, host: str = "127.0.0.1", port: int = 8000, **options) -> None:
     """Serve `model` on http://host:port on the Ray this process is connected to; returns once
     every replica is up (build_app's options)."""
-    serve.start(http_options={"host": host, "port": port},
-                logging_config={"log_level": "WARNING", "enable_access_log": False})
-    serve.run(build_app(model, **options), name=APP_NAME, route_prefix="/", blocking=False)
+    from refine.dag import serve_run
+
+    serve_run(build_app(model, **options), name=APP_NAME, host=host, port=port, route_prefix="/")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -387,9 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     del loaded
-    import ray
-
-    from refine.dag import init_ray
+    from refine.dag import init_ray, shutdown_serve
 
     url = f"http://{args.host}:{args.port}"
     try:
@@ -409,9 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("shutting down", file=sys.stderr, flush=True)
     finally:
-        if ray.is_initialized():
-            serve.shutdown()
-            ray.shutdown()
+        shutdown_serve()
     return 0
 
 

@@ -234,12 +234,12 @@ def check_data(args: argparse.Namespace) -> int:
 
 def search_space(args: argparse.Namespace) -> dict[str, Any]:
     """Tune's param_space: a domain per searched hyperparameter, a constant per fixed one."""
-    from ray import tune
+    from refine.dag import search_choice, search_loguniform
 
     def choice(values: list[Any]) -> Any:
-        return values[0] if len(set(values)) == 1 else tune.choice(sorted(set(values)))
+        return values[0] if len(set(values)) == 1 else search_choice(sorted(set(values)))
 
-    space = {"lr": args.lr[0] if len(args.lr) == 1 else tune.loguniform(*args.lr),
+    space = {"lr": args.lr[0] if len(args.lr) == 1 else search_loguniform(*args.lr),
              "micro_batch_size": choice(args.micro_batch_size), "epochs": choice(args.epochs),
              "weight_decay": choice(args.weight_decay)}
     if args.warmup_steps is not None:
@@ -286,12 +286,12 @@ def run_trial(config: dict[str, Any], fixed: dict[str, Any]) -> None:
     evaluation with a checkpoint of the model at that point."""
     os.environ["DS_ACCELERATOR"] = "cpu"  # trials run on CPU, whatever the machine has
     import torch
-    from ray import tune
 
     from pretrain.train import shutdown_distributed
+    from refine.dag import report_trial, trial_id
 
     torch.set_num_threads(fixed["cpus_per_trial"])
-    context = tune.get_context()
+    this_trial = trial_id()
     # finetune's own OUT (its final export and results.json): the reports and their
     # checkpoints already hold all of it, so it goes when the trial ends
     workdir = tempfile.TemporaryDirectory(prefix="tune-trial-")
@@ -303,9 +303,9 @@ def run_trial(config: dict[str, Any], fixed: dict[str, Any]) -> None:
         scores = {**record, "final": record["step"] == planned}
         with tempfile.TemporaryDirectory() as tmp:
             export(Path(tmp))
-            write_json(Path(tmp) / TRIAL_FILE, {"trial_id": context.get_trial_id(),
+            write_json(Path(tmp) / TRIAL_FILE, {"trial_id": this_trial,
                                                 "hyperparameters": config, "scores": scores})
-            tune.report(scores, checkpoint=tune.Checkpoint.from_directory(tmp))
+            report_trial(scores, tmp)
 
     succeeded = False
     try:
@@ -316,9 +316,9 @@ def run_trial(config: dict[str, Any], fixed: dict[str, Any]) -> None:
         workdir.cleanup()
 
 
-def trial_dirname(trial: Any) -> str:
+def trial_dirname(trial_id: str) -> str:
     """OUT/tune/trials/trial_ID: short, and the trial_id of its reports."""
-    return f"trial_{trial.trial_id}"
+    return f"trial_{trial_id}"
 
 
 def score_key(metric: str, mode: str) -> Callable[[dict[str, Any]], tuple]:
@@ -338,14 +338,7 @@ def tune_run(args: argparse.Namespace) -> dict[str, Any]:
     mode = METRICS[args.task][args.metric]
 
     os.environ["DS_ACCELERATOR"] = "cpu"  # inherited by the local Ray's workers
-    # a checkpoint per evaluation is the point; Tune warns of frequent state snapshots
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    import ray
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search import BasicVariantGenerator
-
-    from refine.dag import init_ray
+    from refine.dag import tune_fit
 
     if args.output.exists():
         shutil.rmtree(args.output)  # empty, or an earlier result with --overwrite (check_args)
@@ -364,39 +357,25 @@ def tune_run(args: argparse.Namespace) -> dict[str, Any]:
              "cpus_per_trial": args.cpus_per_trial}
     scheduler = {"time_attr": "epoch", "max_t": max(args.epochs),
                  "grace_period": args.grace_period, "reduction_factor": args.reduction_factor}
-    init_ray(None, num_cpus=args.num_cpus)
-    try:
-        trainable = tune.with_resources(tune.with_parameters(run_trial, fixed=fixed),
-                                        {"cpu": args.cpus_per_trial})
-        tuner = tune.Tuner(
-            trainable, param_space=search_space(args),
-            tune_config=tune.TuneConfig(
-                num_samples=args.samples, reuse_actors=False,
-                trial_dirname_creator=trial_dirname,
-                scheduler=ASHAScheduler(metric=args.metric, mode=mode, **scheduler),
-                search_alg=BasicVariantGenerator(random_state=args.seed)),
-            run_config=tune.RunConfig(
-                name="trials", storage_path=str(storage), verbose=1,
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
-        grid = tuner.fit()
-    finally:
-        ray.shutdown()
+    results = tune_fit(run_trial, {"fixed": fixed}, search_space(args), samples=args.samples,
+                       metric=args.metric, mode=mode, seed=args.seed, storage=storage,
+                       name="trials", trial_dirname=trial_dirname,
+                       cpus_per_trial=args.cpus_per_trial, num_cpus=args.num_cpus, **scheduler)
 
     trials, reported = [], []
-    for result in grid:
-        scores = dict(result.metrics or {})
-        history = ([] if result.metrics_dataframe is None else
-                   result.metrics_dataframe.to_dict("records"))
+    for result in results:
+        scores = result.metrics
         keys = ("step", "epoch", "loss", args.metric)
         trial = {"trial_id": scores.get("trial_id") or Path(result.path).name,
                  "hyperparameters": result.config,
-                 "status": ("error" if result.error else "no report" if args.metric not in scores
+                 "status": ("error" if result.error is not None
+                            else "no report" if args.metric not in scores
                             else "completed" if scores.get("final") else "stopped by ASHA"),
                  "scores": {k: v for k, v in scores.items() if k in RECORD_KEYS},
-                 "evals": [{k: row[k] for k in keys if k in row} for row in history],
+                 "evals": [{k: row[k] for k in keys if k in row} for row in result.history],
                  "path": result.path}
-        if result.error:
-            trial["error"] = str(result.error).strip().splitlines()[-1][:1000]
+        if result.error is not None:
+            trial["error"] = result.error.strip().splitlines()[-1][:1000]
             log.warning("trial %s failed: %s", trial["trial_id"], trial["error"])
         trials.append(trial)
         if args.metric in scores and result.checkpoint is not None:
@@ -406,9 +385,8 @@ def tune_run(args: argparse.Namespace) -> dict[str, Any]:
         errors = "; ".join(f"{t['trial_id']}: {t.get('error', t['status'])}" for t in trials)
         raise TuneError(f"no trial reported {args.metric} ({errors})")
     best_scores, checkpoint = min(reported, key=lambda r: score_key(args.metric, mode)(r[0]))
-    with checkpoint.as_directory() as directory:
-        for item in Path(directory).iterdir():
-            (shutil.copytree if item.is_dir() else shutil.copy2)(item, args.output / item.name)
+    for item in Path(checkpoint).iterdir():
+        (shutil.copytree if item.is_dir() else shutil.copy2)(item, args.output / item.name)
     best = next(t for t in trials if t["trial_id"] == best_scores["trial_id"])
     summary = {"task": args.task, "init": absolute(args.init), "data": absolute(args.data),
                "eval_data": absolute(args.eval_data or args.data), "metric": args.metric,

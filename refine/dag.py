@@ -4,11 +4,17 @@ Each actor builds a `UnitProcessor` once (blocklist, fastText model and extracti
 once per worker, not per task) and processes whole units, writing their shards itself. Output
 is therefore partitioned by content (input file and byte range), never by Ray's block layout,
 and is the same for any number of workers.
+
+It also holds what pretrain.serve and pretrain.tune need of Ray Serve (`serve_app`,
+`serve_run`, `shutdown_serve`) and Ray Tune (`search_choice`, `search_loguniform`, `trial_id`,
+`report_trial`, `tune_fit`), so that no other module imports Ray. Ray itself is imported only
+inside the functions: importing this module starts nothing and loads no Ray.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -17,6 +23,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from refine.readers import Unit
@@ -236,3 +244,150 @@ def map_actors(actor_class: type, constructor_args: tuple, method: str, argument
         for actor in actors:
             ray.kill(actor)
 
+
+
+# Ray Serve: an HTTP application of model replicas (pretrain.serve)
+
+def _quiet_serve_logs() -> dict[str, Any]:
+    return {"log_level": "WARNING", "enable_access_log": False}
+
+
+def serve_app(replica_class: type, *init_args: Any, batched: str, max_batch_size: int = 8,
+              batch_wait_s: float = 0.01, replicas: int = 1, cpus_per_replica: float = 1.0,
+              max_ongoing_requests: int | None = None) -> Any:
+    """A Ray Serve application (not yet running: `serve_run`) of `replicas` copies of
+    `replica_class(*init_args)`, each reserving `cpus_per_replica` CPUs and answering HTTP
+    requests with its `async __call__(starlette Request)`. Its async method `batched` takes a
+    list of items and returns their results in order; in a replica, each call of it with one
+    item joins a batch (up to `max_batch_size` items, waiting at most `batch_wait_s` seconds for
+    the batch to fill) and gets its own item's result."""
+    from ray import serve
+
+    batch = serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_s)
+    replica = type(replica_class.__name__, (replica_class,),
+                   {batched: batch(getattr(replica_class, batched)),
+                    "__doc__": replica_class.__doc__})
+    options: dict[str, Any] = {"num_replicas": replicas,
+                               "ray_actor_options": {"num_cpus": cpus_per_replica},
+                               "logging_config": _quiet_serve_logs()}
+    if max_ongoing_requests is not None:
+        options["max_ongoing_requests"] = max_ongoing_requests
+    return serve.deployment(replica).options(**options).bind(*init_args)
+
+
+def serve_run(app: Any, *, name: str, host: str = "127.0.0.1", port: int = 8000,
+              route_prefix: str = "/") -> None:
+    """Start Ray Serve's HTTP proxy on host:port (on the Ray this process is connected to) and
+    run `app` (`serve_app`'s) there as `name` under `route_prefix`; returns once every replica
+    is up."""
+    from ray import serve
+
+    serve.start(http_options={"host": host, "port": port}, logging_config=_quiet_serve_logs())
+    serve.run(app, name=name, route_prefix=route_prefix, blocking=False)
+
+
+def shutdown_serve() -> None:
+    """Shut Ray Serve, then Ray, down, if this process is connected to a Ray."""
+    import ray
+
+    if ray.is_initialized():
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()
+
+
+# Ray Tune: a hyperparameter search whose trials report with checkpoints (pretrain.tune)
+
+def _tune() -> Any:
+    """`ray.tune`. A checkpoint per report is the point here: Tune's warning about frequent
+    experiment snapshots is turned off (set before Tune is first imported)."""
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    from ray import tune
+
+    return tune
+
+
+def search_choice(values: list[Any]) -> Any:
+    """A search-space domain for `tune_fit`: one of `values`, uniformly."""
+    return _tune().choice(values)
+
+
+def search_loguniform(low: float, high: float) -> Any:
+    """A search-space domain for `tune_fit`: log-uniform in [low, high)."""
+    return _tune().loguniform(low, high)
+
+
+def trial_id() -> str:
+    """The id of the Tune trial this code runs in (in a `tune_fit` trial function)."""
+    return _tune().get_context().get_trial_id()
+
+
+def report_trial(scores: dict[str, Any], checkpoint_dir: str | Path) -> None:
+    """Report `scores` of the running trial to Tune, with the files under `checkpoint_dir`
+    (copied; the directory may go afterwards) as the checkpoint of this report."""
+    tune = _tune()
+    tune.report(scores, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """What a `tune_fit` trial left: its config, last report (`metrics`, empty if none),
+    every report in order (`history`), its directory, its error (None if it ran through) and
+    the directory of its kept checkpoint (that of its last report with one, or None)."""
+
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    path: str
+    error: str | None
+    checkpoint: str | None
+
+
+def _trial_dir(name_of: Callable[[str], str], trial: Any) -> str:
+    return name_of(trial.trial_id)
+
+
+def tune_fit(trial: Callable[..., None], trial_kwargs: dict[str, Any],
+             param_space: dict[str, Any], *, samples: int, metric: str, mode: str, seed: int,
+             storage: str | Path, name: str, trial_dirname: Callable[[str], str],
+             cpus_per_trial: float, num_cpus: int | None, time_attr: str, max_t: float,
+             grace_period: float, reduction_factor: float) -> list[TrialResult]:
+    """Run `samples` trials, `trial(config, **trial_kwargs)` each, on a new local Ray of
+    `num_cpus` CPUs (default: all), `cpus_per_trial` each; shut that Ray down; the trials'
+    results. Configs are drawn from `param_space` (constants and `search_*` domains) by a
+    generator seeded with `seed`; ASHA stops the trials whose `metric` (`mode`: "max" or
+    "min") falls behind, with `time_attr`, `max_t`, `grace_period` and `reduction_factor`.
+    Tune's files go under the local directory `storage`/`name`, a trial's into
+    `trial_dirname(trial id)`, keeping one checkpoint per trial: its latest."""
+    tune = _tune()
+    import ray
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import BasicVariantGenerator
+
+    init_ray(None, num_cpus=num_cpus)
+    try:
+        trainable = tune.with_resources(tune.with_parameters(trial, **trial_kwargs),
+                                        {"cpu": cpus_per_trial})
+        tuner = tune.Tuner(
+            trainable, param_space=param_space,
+            tune_config=tune.TuneConfig(
+                num_samples=samples, reuse_actors=False,
+                trial_dirname_creator=functools.partial(_trial_dir, trial_dirname),
+                scheduler=ASHAScheduler(metric=metric, mode=mode, time_attr=time_attr,
+                                        max_t=max_t, grace_period=grace_period,
+                                        reduction_factor=reduction_factor),
+                search_alg=BasicVariantGenerator(random_state=seed)),
+            run_config=tune.RunConfig(
+                name=name, storage_path=str(storage), verbose=1,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+        grid = tuner.fit()
+    finally:
+        ray.shutdown()
+    return [TrialResult(
+        config=result.config, metrics=dict(result.metrics or {}),
+        history=([] if result.metrics_dataframe is None else
+                 result.metrics_dataframe.to_dict("records")),
+        path=result.path, error=None if result.error is None else str(result.error),
+        checkpoint=None if result.checkpoint is None else result.checkpoint.path)
+        for result in grid]
