@@ -15,6 +15,7 @@ from refine.dedup.stars import DECISION
 from refine.dedup.urls import DUPLICATE, DUPLICATES, EARLIER, EARLIER_SCHEMA
 from refine.dedup.windows import MARK
 from refine.rundir import RunDir
+from refine.stages import FUZZY_DEDUP, URL_DEDUP
 
 FUZZY, WINDOWS, MARKS = "fuzzy", "windows", "marks"
 
@@ -46,13 +47,13 @@ def shard_edits(run: RunDir, work: str, shard: int, fuzzy: bool, urls: bool, exa
         if doc == survivor:
             edits.cluster_size[doc & 0xFFFFFFFF] = size
         else:
-            edits.removals[doc & 0xFFFFFFFF] = Removal("fuzzy_dedup", "near_duplicate",
+            edits.removals[doc & 0xFFFFFFFF] = Removal(FUZZY_DEDUP.name, "near_duplicate",
                                                        ids[survivor])
     for doc, keeper in duplicates.tolist():
-        edits.removals[doc & 0xFFFFFFFF] = Removal("url_dedup", "duplicate_url", ids[keeper])
+        edits.removals[doc & 0xFFFFFFFF] = Removal(URL_DEDUP.name, "duplicate_url", ids[keeper])
     for doc, earlier_id in zip(earlier.column("doc").to_pylist(),
                                earlier.column("id").to_pylist(), strict=True):
-        edits.removals[doc & 0xFFFFFFFF] = Removal("url_dedup", "url_in_earlier_run",
+        edits.removals[doc & 0xFFFFFFFF] = Removal(URL_DEDUP.name, "url_in_earlier_run",
                                                    earlier_id)
     if len(marks):
         marks = marks[np.argsort(marks["doc"], kind="stable")]

@@ -40,6 +40,16 @@ _SHA1_MIN_BATCH = 4096  # fewer messages: hashlib is faster than the ~1,000 pass
 _SEP = b"\xff"  # never in UTF-8: joins shingles so one scan finds their boundaries
 
 
+def fmix64(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finaliser, element-wise (`kernels.fmix64`: compiled, one value)."""
+    h = h ^ (h >> np.uint64(33))
+    h *= np.uint64(0xFF51AFD7ED558CCD)
+    h ^= h >> np.uint64(33)
+    h *= np.uint64(0xC4CEB9FE1A85EC53)
+    h ^= h >> np.uint64(33)
+    return h
+
+
 def _block_tables() -> tuple[np.ndarray, np.ndarray]:
     """Per message length L < 56: (keep, pad), 64-byte rows viewed as 16 uint32.
 
@@ -309,12 +319,7 @@ def span_hash32(buffer: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarr
     ends = np.asarray(ends, dtype=np.int64)
     h = (prefix[ends] - prefix[starts]) * inverse[starts]  # span hash as if it began at 0
     h += (ends - starts).astype(np.uint64) * _LEN_MIX
-    h ^= h >> np.uint64(33)
-    h *= np.uint64(0xFF51AFD7ED558CCD)
-    h ^= h >> np.uint64(33)
-    h *= np.uint64(0xC4CEB9FE1A85EC53)
-    h ^= h >> np.uint64(33)
-    return h.astype(np.uint32)
+    return fmix64(h).astype(np.uint32)
 
 
 def poly64_hash32(shingles: Sequence[bytes] | set[bytes]) -> np.ndarray:

@@ -97,7 +97,8 @@ _S32 = np.uint64(32)
 
 
 @_njit
-def _fmix64(z):
+def fmix64(z):
+    """MurmurHash3's 64-bit finaliser on one value, compiled (`hashing.fmix64`: on arrays)."""
     z = (z ^ (z >> _S33)) * _M1
     z = (z ^ (z >> _S33)) * _M2
     return z ^ (z >> _S33)
@@ -132,11 +133,11 @@ def sketch_signatures(hashes, offsets, salts, round_bits, out):
             base = np.uint64(i) << shift
             for j in range(lo, hi):
                 h = np.uint64(hashes[j])
-                z = _fmix64(h ^ salt)
+                z = fmix64(h ^ salt)
                 if i < k:
                     b = ((z >> _S32) * k64) >> _S32
                 else:
-                    start = ((_fmix64(h ^ start_salt) >> _S32) * k64) >> _S32
+                    start = ((fmix64(h ^ start_salt) >> _S32) * k64) >> _S32
                     b = (start + np.uint64(i - k)) % k64
                 v = np.uint32(base | (z & r_mask))
                 if v < row[b]:

@@ -34,6 +34,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from refine.dedup.hashing import (
+    fmix64,
     poly64_hash32,
     sha1_hash32,
     sha1_hash32_docs,
@@ -225,14 +226,6 @@ def band_key_array(signatures: np.ndarray, config: MinHashConfig) -> np.ndarray:
     key = np.broadcast_to(key, bands.shape[:2]).copy()
     for row in range(config.rows_per_band):
         key ^= bands[:, :, row] * np.uint64(0xC6A4A7935BD1E995)
-        key = _fmix64(key)
+        key = fmix64(key)
     return key
 
-
-def _fmix64(h: np.ndarray) -> np.ndarray:
-    h = h ^ (h >> np.uint64(33))
-    h *= np.uint64(0xFF51AFD7ED558CCD)
-    h ^= h >> np.uint64(33)
-    h *= np.uint64(0xC4CEB9FE1A85EC53)
-    h ^= h >> np.uint64(33)
-    return h

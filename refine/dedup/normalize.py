@@ -21,16 +21,30 @@ _ASCII_PUNCTUATION = bytes.maketrans(string.punctuation.encode(),
 _NON_ASCII_RUN = re.compile(r"[^\x00-\x7f]+")
 
 
+KEEP, SEPARATOR, DROP = 0, 1, 2  # what normalisation does with a character (after NFD)
+_PUNCTUATION = frozenset(string.punctuation)
+
+
+def char_class(char: str) -> int:
+    """SEPARATOR for punctuation (every ``P*`` category plus ASCII `string.punctuation`) and
+    whitespace (`str.isspace`), DROP for combining marks (``Mn``), else KEEP: the rules, once
+    (`textkernels.code_point_classes` tabulates them for the compiled path)."""
+    if char.isspace() or char in _PUNCTUATION:
+        return SEPARATOR
+    if char.isascii():
+        return KEEP
+    category = unicodedata.category(char)
+    return DROP if category == "Mn" else SEPARATOR if category[0] == "P" else KEEP
+
+
 @cache
 def _translation() -> dict[int, str | None]:
-    """Non-ASCII punctuation -> space, combining marks -> removed (built once, on first use)."""
+    """Non-ASCII separators -> space, combining marks -> removed (built once, on first use)."""
     table: dict[int, str | None] = {}
     for code in range(128, sys.maxunicode + 1):
-        category = unicodedata.category(chr(code))
-        if category == "Mn":
-            table[code] = None
-        elif category[0] == "P":
-            table[code] = " "
+        kind = char_class(chr(code))
+        if kind != KEEP:
+            table[code] = None if kind == DROP else " "
     return table
 
 

@@ -25,8 +25,10 @@ from refine.shards import (
     metrics_dict,
     rows_to_table,
 )
+from refine.stages import EXACT_DEDUP, FUZZY_DEDUP
 
-CLUSTER_SIZE = "fuzzy_dedup.cluster_size"  # documents in the near-duplicate cluster it survived
+# the documents in the near-duplicate cluster it survived
+CLUSTER_SIZE = FUZZY_DEDUP.prefix + "cluster_size"
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,7 @@ def rewrite_shard(source: str, run: RunDir, edits: ShardEdits, rejected_text_cha
             remaining = cut_spans(row["text"], [s for s, _ in spans])
             if len(remaining.strip()) < edits.min_chars:
                 largest = max(spans, key=lambda s: s[0].end - s[0].start)
-                removal = Removal("exact_dedup", "too_short_after_cut", largest[1])
+                removal = Removal(EXACT_DEDUP.name, "too_short_after_cut", largest[1])
         if removal is not None:
             text = row["text"]
             counts[f"{row['file_path']}\t{removal.stage}.{removal.reason}"] += 1
@@ -109,8 +111,8 @@ def rewrite_shard(source: str, run: RunDir, edits: ShardEdits, rejected_text_cha
             cut = len(text) - len(row["text"])
             chars_cut += cut
             row["metrics"] = row["metrics"] + [
-                {"key": "exact_dedup.chars_cut", "value": float(cut)},
-                {"key": "exact_dedup.spans", "value": float(len(spans))}]
+                {"key": EXACT_DEDUP.prefix + "chars_cut", "value": float(cut)},
+                {"key": EXACT_DEDUP.prefix + "spans", "value": float(len(spans))}]
             row["token_count"] = len(row["text"].split())
         if edits.fuzzy:  # FineWeb-2's minhash_cluster_size: to upsample by it (rehydration)
             row["metrics"] = row["metrics"] + [

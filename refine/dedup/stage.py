@@ -47,7 +47,6 @@ from refine.dedup.urls import (
     scatter_urls,
     write_url_set,
 )
-from refine.filters.pii import STAGE as PII
 from refine.filters.pii import PIIConfig
 from refine.rundir import (
     DATA,
@@ -59,6 +58,7 @@ from refine.rundir import (
     RunDir,
     as_run_dir,
 )
+from refine.stages import EXACT_DEDUP, FUZZY_DEDUP, PII, URL_DEDUP
 
 MapTasks = Callable[[str, Callable[..., Any], list[tuple]], list[Any]]  # (step name, fn, args)
 MIN_BUCKETS = 8
@@ -149,7 +149,7 @@ def run_dedup(run_dir: RunDir | str | Path, config: DedupConfig, rejected_text_c
         [(run_dir, p, i, DEDUP_WORK, buckets, fuzzy) for i, p in enumerate(shards)])
     stages: dict[str, dict[str, Any]] = {}
     if fuzzy is not None:
-        stages["fuzzy_dedup"] = _fuzzy(run_dir, config, shards, signed, buckets, map_tasks)
+        stages[FUZZY_DEDUP.name] = _fuzzy(run_dir, config, shards, signed, buckets, map_tasks)
 
     # URL dedup (stage 10) is decided before exact substrings (stage 9), on the texts before any
     # cut: a passage is then only ever cut in favour of a document that stays kept.
@@ -159,7 +159,7 @@ def run_dedup(run_dir: RunDir | str | Path, config: DedupConfig, rejected_text_c
         started_urls = time.monotonic()
         alive = map_tasks("dedup: URLs", _scatter_urls,
                           [(run_dir, i, name, url_bits) for i, name in enumerate(names)])
-        stage = stages["url_dedup"] = _stage(sum(alive))
+        stage = stages[URL_DEDUP.name] = _stage(sum(alive))
         decided = map_tasks("dedup: URL ranges", decide_range, [
             (run_dir, DEDUP_WORK, part, url_bits, len(shards), config.urls.previous_runs)
             for part in range(1 << url_bits)])
@@ -173,7 +173,7 @@ def run_dedup(run_dir: RunDir | str | Path, config: DedupConfig, rejected_text_c
         hashed = map_tasks("dedup: token windows", shard_windows, [
             (run_dir, DEDUP_WORK, path, i, config.exact.min_tokens, config.urls.enabled,
              partitions) for i, path in enumerate(shards)])
-        stage = stages["exact_dedup"] = _stage(sum(h[0] for h in hashed))
+        stage = stages[EXACT_DEDUP.name] = _stage(sum(h[0] for h in hashed))
         found = map_tasks("dedup: repeated windows", window_partition,
                           [(run_dir, DEDUP_WORK, p, len(shards)) for p in range(partitions)])
         stage["cpu_s"] = sum(h[2] for h in hashed) + sum(cpu for _, cpu in found)
@@ -186,14 +186,14 @@ def run_dedup(run_dir: RunDir | str | Path, config: DedupConfig, rejected_text_c
         (path, run_dir, i, config, url_bits, rejected_text_chars, compression, pii)
         for i, path in enumerate(shards)])
     if config.exact.enabled:
-        stage = stages["exact_dedup"]
+        stage = stages[EXACT_DEDUP.name]
         stage.update(spans_cut=sum(r.spans for r in rewritten),
                      documents_cut=sum(r.documents_cut for r in rewritten),
                      chars_cut=sum(r.chars_cut for r in rewritten))
         log.info("exact substring dedup: %d spans cut from %d documents", stage["spans_cut"],
                  stage["documents_cut"])
     if pii is not None:
-        stage = stages[PII] = _stage(0)  # counted by the rewrites
+        stage = stages[PII.name] = _stage(0)  # counted by the rewrites
         for result in rewritten:
             for key, value in result.pii.items():
                 stage[key] = stage.get(key, 0) + value

@@ -10,7 +10,6 @@ writes UTF-8. `poly64_shingle_hashes` hashes each run of `n` words as
 
 from __future__ import annotations
 
-import string
 import sys
 import unicodedata
 from collections.abc import Sequence
@@ -19,31 +18,16 @@ from functools import cache
 import numpy as np
 
 from refine.dedup.hashing import _BASE, _INV_BASE, _LEN_MIX
-from refine.dedup.kernels import _njit
-
-KEEP, SEPARATOR, DROP = 0, 1, 2
-_FMIX1 = np.uint64(0xFF51AFD7ED558CCD)
-_FMIX2 = np.uint64(0xC4CEB9FE1A85EC53)
+from refine.dedup.kernels import _njit, fmix64
+from refine.dedup.normalize import char_class
 
 
 @cache
 def code_point_classes() -> np.ndarray:
-    """uint8 per code point: SEPARATOR for punctuation (every ``P*`` category plus ASCII
-    `string.punctuation`) and whitespace (`str.isspace`), DROP for combining marks (``Mn``),
-    else KEEP: `normalize_text`'s rules as one table (~1 s to build, once per process)."""
-    table = np.zeros(sys.maxunicode + 1, dtype=np.uint8)
-    for code in range(sys.maxunicode + 1):
-        char = chr(code)
-        if char.isspace():
-            table[code] = SEPARATOR
-        elif code >= 128:
-            category = unicodedata.category(char)
-            if category == "Mn":
-                table[code] = DROP
-            elif category[0] == "P":
-                table[code] = SEPARATOR
-    table[np.frombuffer(string.punctuation.encode(), dtype=np.uint8)] = SEPARATOR
-    return table
+    """`normalize.char_class` of every code point, as one uint8 table (~1 s to build, once per
+    process)."""
+    return np.fromiter((char_class(chr(code)) for code in range(sys.maxunicode + 1)),
+                       dtype=np.uint8, count=sys.maxunicode + 1)
 
 
 @_njit
@@ -143,9 +127,7 @@ def _poly64_shingles(data, offsets, n, base, inv_base, len_mix, out, counts):
             s = starts[k]
             e = ends[k + n - 1] if words > n else ends[0]
             h = (prefix[e] - prefix[s]) * inverse[s] + np.uint64(e - s) * len_mix
-            h = (h ^ (h >> np.uint64(33))) * _FMIX1
-            h = (h ^ (h >> np.uint64(33))) * _FMIX2
-            out[total + k] = np.uint32(h ^ (h >> np.uint64(33)))
+            out[total + k] = np.uint32(fmix64(h) & np.uint64(0xFFFFFFFF))
         counts[d] = count
         total += count
     return total

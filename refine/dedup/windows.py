@@ -21,21 +21,12 @@ import numba
 import numpy as np
 
 from refine.dedup.exact import DuplicateSpan, tokenize
+from refine.dedup.kernels import fmix64
 from refine.dedup.shuffle import NODE, node_order
 
 WINDOW = np.dtype([("h1", "<u8"), ("h2", "<u8"), ("node", NODE), ("pos", "<u4")])
 MARK = np.dtype([("doc", "<u8"), ("pos", "<u4"), ("source", "<u8")])
 SPACE, WORD, OTHER = 0, 1, 2  # character classes of the tokenizer
-
-
-@numba.njit(cache=True, nogil=True)
-def _fmix64(h: np.uint64) -> np.uint64:
-    h ^= h >> np.uint64(33)
-    h *= np.uint64(0xFF51AFD7ED558CCD)
-    h ^= h >> np.uint64(33)
-    h *= np.uint64(0xC4CEB9FE1A85EC53)
-    h ^= h >> np.uint64(33)
-    return h
 
 
 @numba.njit(cache=True, nogil=True)
@@ -86,8 +77,8 @@ def _windows(code_points: np.ndarray, starts: np.ndarray, ends: np.ndarray,
         for c in range(starts[t], ends[t]):
             a = (a ^ np.uint64(code_points[c])) * np.uint64(0x100000001B3)
             b = (b ^ np.uint64(code_points[c])) * np.uint64(0x00000100000001B3 + 2)
-        tok1[t] = _fmix64(a)
-        tok2[t] = _fmix64(b ^ np.uint64(0x5851F42D4C957F2D))
+        tok1[t] = fmix64(a)
+        tok2[t] = fmix64(b ^ np.uint64(0x5851F42D4C957F2D))
     total = 0
     for d in range(len(doc_first)):
         total += max(doc_count[d] - k + 1, 0)
