@@ -110,8 +110,9 @@ from pathlib import Path
 import torch
 
 from pretrain.dataset import TokenDataset
-from pretrain.export import consolidated_state_dict, load_hf_model, save_hf_model
+from pretrain.export import load_hf_model, save_hf_model
 from pretrain.model import ModelConfig
+from pretrain.training.engine import consolidated_state_dict
 
 work, config, ds, start = Path(sys.argv[1]), sys.argv[2], sys.argv[3], float(sys.argv[4])
 ckpt = work / "ckpt"

@@ -6,7 +6,7 @@ For each ZeRO stage (--zero, default 1 and 2) and for a plain loop, the same mod
 hyper-parameters and parameter groups, gradient clipping at the YAML's grad_clip and the same
 dtype (bf16 where DeepSpeed would enable it, else fp32: on CPU fp32) run --warmup untimed
 optimizer steps, then --steps timed ones. One optimizer step = grad_accum micro-batches of
-micro_batch_size x seq_len tokens. The DeepSpeed engine comes from pretrain.train's own functions
+micro_batch_size x seq_len tokens. The DeepSpeed engine comes from pretrain.training's functions
 (`init_distributed`, `deepspeed_config`, `build_engine`) in one process (rank 0 of 1, gloo on
 CPU). The implementations take turns, one step each, for --steps rounds, so that other load on
 the machine falls on all of them alike; tokens/s is tokens per step / the median step time (the
@@ -18,7 +18,7 @@ compilation happens in the untimed warmup steps.
 
 Batches: synthetic by default (seeded uniform token ids over the vocabulary, --vocab-size), or
 real windows of a TOKENS directory (--data, `python -m pretrain.encode`). MFU =
-flops_per_token * tokens/s / peak FLOP/s, with pretrain.train's peak table (GPUs) or
+flops_per_token * tokens/s / peak FLOP/s, with pretrain.training.metrics' peak table (GPUs) or
 --peak-flops; on CPU no peak is known, so `mfu` is null and tokens/s is the measure.
 
 Lines: `{"bench": "train_throughput", "impl": "torch" | "deepspeed", "zero": N | null, ...}`
@@ -50,14 +50,14 @@ import torch
 
 from pretrain.config import PretrainConfig, load_config, parse
 from pretrain.model import CausalLM, compile_layers
-from pretrain.train import (
+from pretrain.training.engine import (
+    bf16_supported,
     build_engine,
     deepspeed_config,
     init_distributed,
-    param_groups,
-    peak_flops,
-    seed_everything,
 )
+from pretrain.training.loop import param_groups, seed_everything
+from pretrain.training.metrics import peak_flops
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = 0.90
@@ -160,9 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     training = config.training
     with contextlib.redirect_stdout(sys.stderr):  # stdout: JSON lines only
         _, world_size, device = init_distributed()
-    from deepspeed.accelerator import get_accelerator
-
-    bf16 = device.type != "cpu" and get_accelerator().is_bf16_supported()
+    bf16 = bf16_supported(device)
     vocab_size = args.vocab_size
     if args.data is not None:
         vocab_size = json.loads((args.data / "manifest.json").read_text())["vocab_size"]

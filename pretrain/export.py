@@ -34,6 +34,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from pretrain.model import CausalLM, ModelConfig
+from pretrain.training.checkpoints import read_train_state
+from pretrain.training.engine import consolidated_state_dict
 from refine.atomic_file import write_json_atomic as write_json  # = pretrain.files'
 
 log = logging.getLogger("pretrain.export")
@@ -272,19 +274,6 @@ def recorded_tokenizer(train_state: Mapping[str, Any], where: Path) -> Path:
                             "tokenizer.model: pass --tokenizer TOK")
 
 
-def read_train_state(checkpoint_dir: Path, tag: str | None) -> tuple[str, dict[str, Any]]:
-    """The tag (default: the one CKPT/latest names) and its train_state.json."""
-    if tag is None:
-        latest = checkpoint_dir / "latest"
-        if not latest.is_file():
-            raise FileNotFoundError(f"{latest} does not exist: pass --tag")
-        tag = latest.read_text().strip()
-    state_file = checkpoint_dir / tag / "train_state.json"
-    if not state_file.is_file():
-        raise FileNotFoundError(f"{state_file} does not exist: not a pretrain.train checkpoint")
-    return tag, json.loads(state_file.read_text())
-
-
 def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, tag: str | None = None,
                       tokenizer_dir: str | Path | None = None) -> Path:
     """Consolidate a DeepSpeed ZeRO checkpoint (stage 1, 2 or 3, fp32 or bf16, including
@@ -304,84 +293,6 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, tag: str 
              train_state.get("zero_stage"), train_state.get("step"))
     state_dict = consolidated_state_dict(checkpoint_dir, tag)
     return save_hf_model(state_dict, model_config, out_dir, tokenizer_dir)
-
-
-BF16_OPTIM_FILES = "bf16_zero_pp_rank_*_mp_rank_00_optim_states.pt"
-
-
-def consolidated_state_dict(checkpoint_dir: str | Path, tag: str) -> dict[str, Tensor]:
-    """The fp32 master weights of checkpoint CKPT/`tag`, whole: from DeepSpeed's BF16_Optimizer
-    files (ZeRO-1 with bf16 and fp32 gradient accumulation; `bf16_master_weights`), else
-    through DeepSpeed's zero_to_fp32 (the ZeRO 1-3 optimizers, whose files under bf16 are
-    also named `bf16_zero_pp_rank_*`, but record their `zero_stage`)."""
-    tag_dir = Path(checkpoint_dir) / tag
-    if is_bf16_optimizer_checkpoint(tag_dir):
-        return bf16_master_weights(tag_dir)
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag)
-
-
-def is_bf16_optimizer_checkpoint(tag_dir: Path) -> bool:
-    """Whether a tag's optimizer files are BF16_Optimizer's (no `zero_stage` in its state)."""
-    first = next(iter(sorted(tag_dir.glob(BF16_OPTIM_FILES))), None)
-    if first is None:
-        return False
-    state = torch.load(first, map_location="cpu", mmap=True, weights_only=False)
-    optimizer = state.get("optimizer_state_dict", {})
-    return "zero_stage" not in optimizer and "param_slice_mappings" in optimizer
-
-
-def bf16_master_weights(tag_dir: Path) -> dict[str, Tensor]:
-    """Whole fp32 parameters from a checkpoint tag of DeepSpeed's BF16_Optimizer, which
-    zero_to_fp32 does not read. Each rank's optimizer file holds, per parameter group, its flat
-    fp32 partition and `param_slice_mappings` (name -> (numel, start) of the parameter's
-    fragment in that partition); a parameter is its fragments in rank order. Shapes come from
-    mp_rank_00_model_states.pt's `param_shapes`, and parameters the module shares (tied
-    lm_head) from its `shared_params`. Unpickles the files (weights_only=False): trusted
-    checkpoints only."""
-    import re
-
-    def rank_of(path: Path) -> int:
-        return int(re.search(r"pp_rank_(\d+)_", path.name)[1])
-
-    files = sorted(tag_dir.glob(BF16_OPTIM_FILES), key=rank_of)
-    if [rank_of(f) for f in files] != list(range(len(files))):
-        raise ValueError(f"{tag_dir}: BF16_Optimizer files of ranks {[rank_of(f) for f in files]}"
-                         ": a rank's file is missing")
-    model_states = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu",
-                              weights_only=False)
-    shapes: dict[str, torch.Size] = {name: shape for group in model_states["param_shapes"]
-                                     for name, shape in group.items()}
-    fragments: dict[str, list[Tensor]] = {name: [] for name in shapes}
-    for path in files:
-        state = torch.load(path, map_location="cpu", weights_only=False)["optimizer_state_dict"]
-        partitions, mappings = state["single_partition_of_fp32_groups"], state[
-            "param_slice_mappings"]
-        counts = state.get("partition_count", len(files))
-        ranks = max(counts) if isinstance(counts, list) else counts
-        if ranks != len(files):
-            raise ValueError(f"{path} was written by one of {ranks} ranks, but {tag_dir} holds "
-                             f"{len(files)} BF16_Optimizer files: an incomplete checkpoint")
-        if len(partitions) != len(mappings):
-            raise ValueError(f"{path}: {len(partitions)} fp32 groups, {len(mappings)} mappings")
-        for partition, mapping in zip(partitions, mappings, strict=True):
-            for name, fragment in mapping.items():
-                if name not in fragments:
-                    raise ValueError(f"{path}: parameter {name} is not in the model's "
-                                     "param_shapes")
-                fragments[name].append(
-                    partition.narrow(0, fragment.start, fragment.numel).float())
-    weights = {}
-    for name, shape in shapes.items():
-        flat = torch.cat(fragments[name]) if fragments[name] else torch.empty(0)
-        if flat.numel() != shape.numel():
-            raise ValueError(f"{tag_dir}: {name} has {flat.numel()} values in the optimizer "
-                             f"files, its shape {tuple(shape)} needs {shape.numel()}")
-        weights[name] = flat.reshape(shape).clone()
-    for name, source in model_states.get("shared_params", {}).items():
-        weights.setdefault(name, weights[source])
-    return weights
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,7 +51,6 @@ import csv
 import json
 import logging
 import math
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -63,7 +62,6 @@ from pretrain.codec import LosslessTokenizer
 from pretrain.config import ConfigError, TrainingConfig, parse
 from pretrain.export import (
     CONFIG_FILE,
-    consolidated_state_dict,
     hf_state_dict,
     load_hf_model,
     recorded_tokenizer,
@@ -72,15 +70,21 @@ from pretrain.export import (
 from pretrain.files import describe, write_json
 from pretrain.finetune_data import PAD_ID, READERS, Example, collate
 from pretrain.model import CausalLM, ModelConfig
-from pretrain.train import (
+from pretrain.training.checkpoints import latest, read_train_state
+from pretrain.training.engine import (
+    EngineStepper,
+    bf16_supported,
     build_engine,
+    consolidated_state_dict,
     deepspeed_config,
     exit_process,
+    export_state_dict,
     init_distributed,
-    lr_at,
-    seed_everything,
-    shutdown_distributed,
+    log_from_rank_zero,
+    quiet_deepspeed,
+    run_command,
 )
+from pretrain.training.loop import Batch, Step, every, run_steps, seed_everything
 
 log = logging.getLogger("pretrain.finetune")
 ROOT = Path(__file__).resolve().parent.parent
@@ -186,11 +190,9 @@ def training_config(args: argparse.Namespace, steps: int) -> TrainingConfig:
 
 def checkpoint_state(init: Path, tag: str | None) -> tuple[str, dict[str, Any]]:
     """(tag, train_state.json) of the checkpoint directory INIT (tag: given, or INIT/latest)."""
-    if tag is None:
-        if not (init / "latest").is_file():
-            raise ConfigError(f"{init} holds neither config.json (export) nor latest (CKPT)")
-        tag = (init / "latest").read_text().strip()
-    return tag, json.loads((init / tag / "train_state.json").read_text())
+    if tag is None and latest(init) is None:
+        raise ConfigError(f"{init} holds neither config.json (export) nor latest (CKPT)")
+    return read_train_state(init, tag)
 
 
 def init_tokenizer(init: Path, tokenizer: Path | None, tag: str | None) -> Path:
@@ -261,39 +263,6 @@ def evaluate(engine: Any, examples: list[Example], micro: int, task: str,
     return result
 
 
-def full_state_dict(engine: Any) -> dict[str, torch.Tensor]:
-    """The whole module's weights on CPU (ZeRO-3: gathered from the ranks first)."""
-    module = engine.module
-    if engine.zero_optimization_stage() == 3:
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters(list(module.parameters())):
-            return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-
-
-def export_state_dict(engine: Any, scratch: Path, rank: int) -> dict[str, torch.Tensor]:
-    """The weights to export, on CPU; a collective (every rank calls it). fp32: the module's
-    own (`full_state_dict`). bf16: the module holds a bf16 copy of the optimizer's fp32 master
-    weights, which are exported instead: saved as a DeepSpeed checkpoint in `scratch` (a
-    directory every rank sees; rank 0 removes it after) and consolidated there by
-    pretrain.export's `consolidated_state_dict`, on rank 0 (the other ranks get {})."""
-    if not engine.bfloat16_enabled():
-        return full_state_dict(engine)
-    import deepspeed.comm as dist
-
-    if rank == 0:  # a scratch directory left by a run that died while exporting
-        shutil.rmtree(scratch, ignore_errors=True)
-    dist.barrier()
-    engine.save_checkpoint(str(scratch), tag="master")  # ends with a barrier: all files there
-    if rank != 0:
-        return {}
-    try:
-        return consolidated_state_dict(scratch, "master")
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
 def check_output(output: Path, overwrite: bool) -> None:
     """Refuse an existing OUT unless --overwrite, and then only an earlier export of ours."""
     if not output.exists():
@@ -334,11 +303,8 @@ def finetune(args: argparse.Namespace, on_eval: EvalCallback | None = None) -> d
     check_flags(args)
     check_output(args.output, args.overwrite)  # before any work
     rank, world_size, device = init_distributed()
-    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated")
-    if rank == 0:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s",
-                            force=True)
+    quiet_deepspeed()
+    log_from_rank_zero(rank)
     lm, tokenizer_dir = load_init(args.init, args.tokenizer, args.tag)
     if args.seq_len > lm.config.max_position_embeddings:
         raise ConfigError(f"--seq_len {args.seq_len} > the model's max_position_embeddings "
@@ -364,10 +330,7 @@ def finetune(args: argparse.Namespace, on_eval: EvalCallback | None = None) -> d
         num_labels = args.num_labels or max(classes) + 1
         majority = max(range(num_labels), key=classes.count)
         model = SequenceClassifier.from_causal_lm(lm, num_labels, PAD_ID)
-    from deepspeed.accelerator import get_accelerator
-
-    bf16 = device.type != "cpu" and get_accelerator().is_bf16_supported()
-    ds = deepspeed_config(args.deepspeed_config, training, world_size, bf16)
+    ds = deepspeed_config(args.deepspeed_config, training, world_size, bf16_supported(device))
     engine = build_engine(model, ds, training.weight_decay)
     # beside OUT, not in it (--overwrite replaces OUT), on storage every rank sees as OUT's
     scratch = args.output.parent / f".{args.output.name}.fp32-master"
@@ -388,32 +351,31 @@ def finetune(args: argparse.Namespace, on_eval: EvalCallback | None = None) -> d
 
     before = evaluation()
     log.info("before: %s", before)
-    data = micro_batches(train_data, training.micro_batch_size, rank, world_size, training.seed)
+    data: Iterator[Batch] = ((ids.to(device), labels.to(device)) for ids, labels
+                             in micro_batches(train_data, training.micro_batch_size, rank,
+                                              world_size, training.seed))
     rows: list[dict[str, Any]] = []
     evals: list[dict[str, Any]] = []
-    for step in range(1, training.max_steps + 1):
-        lr = lr_at(step, training)
-        for group in engine.optimizer.param_groups:
-            group["lr"] = lr
-        total = 0.0
-        for _ in range(training.grad_accum):
-            ids, labels = (t.to(device) for t in next(data))
-            loss = engine(ids, labels=labels).loss
-            engine.backward(loss)
-            engine.step()
-            total += loss.item()
-        rows.append({"step": step, "loss": total / training.grad_accum, "lr": lr})
-        if step % training.log_every == 0 or step == training.max_steps:
-            log.info("step %d/%d | loss %.4f | lr %.2e", step, training.max_steps,
-                     rows[-1]["loss"], lr)
-        if (args.eval_every and step % args.eval_every == 0) or step == training.max_steps:
-            record = {"step": step, "epoch": step * training.grad_accum / per_epoch,
-                      **evaluation()}
-            evals.append(record)
-            log.info("eval at step %d (epoch %.3g): %s", step, record["epoch"],
-                     {k: v for k, v in record.items() if k not in ("step", "epoch")})
-            if on_eval is not None:
-                on_eval(record, export)
+
+    def keep_row(step: Step) -> None:
+        rows.append({"step": step.number, "loss": step.loss, "lr": step.lr})
+
+    def progress(step: Step) -> None:
+        log.info("step %d/%d | loss %.4f | lr %.2e", step.number, training.max_steps, step.loss,
+                 step.lr)
+
+    def evaluate_now(step: Step) -> None:
+        record = {"step": step.number, "epoch": step.number * training.grad_accum / per_epoch,
+                  **evaluation()}
+        evals.append(record)
+        log.info("eval at step %d (epoch %.3g): %s", step.number, record["epoch"],
+                 {k: v for k, v in record.items() if k not in ("step", "epoch")})
+        if on_eval is not None:
+            on_eval(record, export)
+
+    run_steps(EngineStepper(engine), data, training, 0, training.max_steps, device,
+              [keep_row, every(training.log_every, training.max_steps, progress),
+               every(training.eval_every, training.max_steps, evaluate_now)])
     after = {k: v for k, v in evals[-1].items() if k not in ("step", "epoch")}
     state = export_state_dict(engine, scratch, rank)
     result = {"task": args.task, "init": describe(args.init), "data": describe(args.data),
@@ -446,16 +408,12 @@ def finetune(args: argparse.Namespace, on_eval: EvalCallback | None = None) -> d
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    code = 1
-    try:
+
+    def work() -> int:
         finetune(args)
-        code = 0
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        code = 2
-    finally:
-        shutdown_distributed(succeeded=code == 0)
-    return code
+        return 0
+
+    return run_command(work)
 
 
 if __name__ == "__main__":

@@ -225,7 +225,7 @@ def test_variants_of_different_sizes_train_on_exactly_the_same_number_of_tokens(
 
 
 def test_same_seed_same_initial_weights_whatever_the_data():
-    from pretrain.train import seed_everything
+    from pretrain.training.loop import seed_everything
 
     config = ModelConfig(vocab_size=40, hidden_size=16, intermediate_size=32,
                          num_hidden_layers=1, num_attention_heads=2)

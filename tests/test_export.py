@@ -281,7 +281,7 @@ def test_bf16_optimizer_checkpoints_are_consolidated_from_every_ranks_fragments(
 
     from deepspeed.utils.tensor_fragment import fragment_address
 
-    from pretrain.export import consolidated_state_dict, is_bf16_optimizer_checkpoint
+    from pretrain.training.engine import consolidated_state_dict, is_bf16_optimizer_checkpoint
 
     torch.manual_seed(0)
     groups = [OrderedDict([("model.embed_tokens.weight", torch.randn(5, 3)),

@@ -1,11 +1,11 @@
 """Train one small model on one variant: pretrain's model, data order and schedule, one process.
 
-The pieces are pretrain.train's: `CausalLM` initialised after `seed_everything(seed)` (so two
+The pieces are pretrain.training's: `CausalLM` initialised after `seed_everything(seed)` (so two
 variants with the same seed start from the same weights), `TokenDataset` windows in its seeded
-order (`batches`), AdamW with `param_groups` (no decay on norms), `lr_at` (linear warmup,
-cosine decay), gradient clipping, and `Metrics` writing `metrics.csv` in pretrain.train's
-format. What it leaves out is DeepSpeed: one CPU process needs no ZeRO, and the plain loop is
-the one bench/train_throughput.py measures DeepSpeed against.
+order (`batches`), AdamW with `param_groups` (no decay on norms), the step loop `run_steps`
+(`lr_at`: linear warmup, cosine decay; gradient clipping) and `Metrics` writing `metrics.csv`
+in pretrain.train's format. What it leaves out is DeepSpeed: one CPU process needs no ZeRO, and
+the plain loop is the one bench/train_throughput.py measures DeepSpeed against.
 """
 
 from __future__ import annotations
@@ -19,7 +19,17 @@ import torch
 from pretrain.config import TrainingConfig
 from pretrain.dataset import TokenDataset
 from pretrain.model import CausalLM, ModelConfig
-from pretrain.train import METRICS_FILE, Metrics, batches, lr_at, param_groups, seed_everything
+from pretrain.training.loop import (
+    Step,
+    TorchStepper,
+    batches,
+    every,
+    language_modelling,
+    param_groups,
+    run_steps,
+    seed_everything,
+)
+from pretrain.training.metrics import METRICS_FILE, Metrics, Throughput
 
 
 @dataclass
@@ -45,39 +55,30 @@ def train_variant(tokens_dir: Path, model_config: ModelConfig, training: Trainin
     probe = TokenDataset(tokens_dir, training.seq_len, "train", seed)
     epochs = -(-samples // probe.samples_per_epoch)
     data = TokenDataset(tokens_dir, training.seq_len, "train", seed, epochs=epochs)
-    stream = batches(data, training.micro_batch_size, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    stream = language_modelling(batches(data, training.micro_batch_size, cpu))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / METRICS_FILE).unlink(missing_ok=True)
     metrics = Metrics(out_dir / METRICS_FILE, enabled=True)
-    seen, loss_value, clock = 0, float("nan"), time.perf_counter()
-    for step in range(1, training.max_steps + 1):
-        lr = lr_at(step, training)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        total = 0.0
-        for _ in range(training.grad_accum):
-            batch = next(stream)
-            loss = model(batch, labels=batch).loss
-            (loss / training.grad_accum).backward()
-            total += loss.item()
-            seen += batch[:, 1:].numel()
-        grad_norm = None
-        if training.grad_clip > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(),
-                                                             training.grad_clip))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss_value = total / training.grad_accum
-        now = time.perf_counter()
-        step_tokens = training.micro_batch_size * training.grad_accum * training.seq_len
-        metrics.write(step=step, split="train", loss=f"{loss_value:.8f}", lr=f"{lr:.6e}",
-                      grad_norm=None if grad_norm is None else f"{grad_norm:.6f}", tokens=seen,
-                      tokens_per_s=f"{step_tokens / (now - clock):.1f}",
-                      time_s=f"{time.time():.3f}")
-        clock = now
-        if log is not None and (step % training.log_every == 0 or step == training.max_steps):
-            log.info("  step %d/%d | loss %.4f | lr %.2e", step, training.max_steps,
-                     loss_value, lr)
+    step_tokens = training.micro_batch_size * training.grad_accum * training.seq_len
+    done = Step(0, float("nan"), 0.0, None)
+
+    def record(step: Step) -> None:
+        nonlocal done
+        tokens_per_s, _, _ = throughput.lap()
+        metrics.train(step.number, step.loss, step.lr, step.grad_norm, step.number * step_tokens,
+                      tokens_per_s)
+        done = step
+
+    def progress(step: Step) -> None:
+        log.info("  step %d/%d | loss %.4f | lr %.2e", step.number, training.max_steps,
+                 step.loss, step.lr)
+
+    hooks = [record] if log is None else [record, every(training.log_every,
+                                                        training.max_steps, progress)]
+    throughput = Throughput(step_tokens)
+    run_steps(TorchStepper(model, optimizer, training), stream, training, 0, training.max_steps,
+              cpu, hooks)
     model.eval()
-    return TrainResult(model, seen, samples, samples / probe.samples_per_epoch, loss_value,
-                       time.monotonic() - started)
+    return TrainResult(model, done.number * step_tokens, samples,
+                       samples / probe.samples_per_epoch, done.loss, time.monotonic() - started)
