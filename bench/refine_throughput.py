@@ -5,7 +5,7 @@ copy is its own work unit) to at least --min-records records and refined with --
 Also reports the extraction F1 of the configured trafilatura options on the gold set.
 
 docs_per_s counts the whole wall time from before Ray starts; startup_s is the part before the
-first unit starts (Ray, the Ray Data executor, the actors and their models: fixed, ~7 s here),
+first unit starts (Ray, the actors and their models: fixed),
 and docs_per_s_steady the rate from then to the last unit's end, which a long run approaches;
 tail_s is what follows the last unit (merging the unit statistics, the accounting check, the
 final stats.json and manifest). run_cpu_s is the CPU time of every process of the run (this
@@ -122,7 +122,7 @@ def measure(config: Any, inputs: list[str], output: str | Path, label: str, work
     result = run(config, inputs, output, workers=workers,
                  on_unit=lambda s, done, total: summaries.append(s))
     wall = time.monotonic() - started
-    driver_cpu = time.process_time() - driver_cpu  # Ray Data's executor loop, progress
+    driver_cpu = time.process_time() - driver_cpu  # the scheduling loop, progress
     server_cpu = process_cpu_s(server_pid) - server_cpu if server_pid else None
     wall_end_unix = time.time()
     stats = result.stats

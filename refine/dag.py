@@ -1,9 +1,10 @@
-"""The only module that knows Ray: schedules work units over an actor pool with Ray Data.
+"""The only module that knows Ray: schedules work units over an actor pool (`map_actors`).
 
 Each actor builds a `UnitProcessor` once (blocklist, fastText model and extraction child load
 once per worker, not per task) and processes whole units, writing their shards itself. Output
 is therefore partitioned by content (input file and byte range), never by Ray's block layout,
-and is the same for any number of workers.
+and is the same for any number of workers. An actor that dies (its process or its node) is
+restarted, on another node if need be, and its unit done again from the start.
 
 It also holds what pretrain.serve and pretrain.tune need of Ray Serve (`serve_app`,
 `serve_run`, `shutdown_serve`) and Ray Tune (`search_choice`, `search_loguniform`, `trial_id`,
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import os
 import socket
@@ -30,28 +30,6 @@ from typing import Any
 from refine.readers import Unit
 
 log = logging.getLogger(__name__)
-
-
-class _UnitWorker:
-    def __init__(self, config_json: str, run_dir: str):
-        from refine.config import RunConfig
-        from refine.pipeline import UnitProcessor
-
-        self.processor = UnitProcessor(RunConfig.model_validate_json(config_json), run_dir)
-
-    def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
-        summaries = []
-        for row in _rows(batch):
-            unit = Unit(row["path"], row["format"], int(row["index"]), int(row["start"]),
-                        None if row["end"] < 0 else int(row["end"]))
-            summaries.append(json.dumps(self.processor.process(unit)))
-        return {"summary": summaries}
-
-
-def _rows(batch: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    keys = list(batch)
-    for values in zip(*(batch[k] for k in keys), strict=True):
-        yield dict(zip(keys, values, strict=True))
 
 
 def _loopback_only() -> None:
@@ -138,9 +116,6 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    # we show our own progress (units, documents); Ray Data warns that its bars are off
-    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     if address:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
     else:
@@ -151,33 +126,30 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
                  configure_logging=True)
 
 
+class UnitWorker:
+    """One worker of stages 1-7: builds its `UnitProcessor` (blocklist, fastText model,
+    extraction child) once and processes whole units."""
+
+    def __init__(self, config_json: str, run_dir: str):
+        from refine.config import RunConfig
+        from refine.pipeline import UnitProcessor
+
+        self.processor = UnitProcessor(RunConfig.model_validate_json(config_json), run_dir)
+
+    def process(self, unit: dict[str, Any]) -> dict[str, Any]:
+        return self.processor.process(Unit(**unit))
+
+
+SHARED_BYTES = 1 << 16  # a bytes argument larger than this goes once to the object store
+UNIT_RETRIES = 3  # restarts of a dead worker, and tries of the unit it held
+
+
 def process_units(units: list[Unit], config_json: str, run_dir: str, workers: int,
                   address: str | None = None) -> Iterator[dict[str, Any]]:
     """Run units on `workers` actors; yield each unit's summary as it finishes."""
-    import ray
-    from ray.data import ActorPoolStrategy, DataContext
-
-    if not units:
-        return
-    init_ray(address)
-    context = DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
-    context.execution_options.preserve_order = False
-    cpus = ray.available_resources().get("CPU", 1.0)
-    cpus_per_worker = min(1.0, max(0.1, cpus / workers))
-    items = [{**u.to_dict(), "end": -1 if u.end is None else u.end} for u in units]
-    dataset = ray.data.from_items(items, override_num_blocks=len(items))
-    dataset = dataset.map_batches(
-        _UnitWorker,
-        fn_constructor_kwargs={"config_json": config_json, "run_dir": run_dir},  # absolute or a URL
-        batch_size=1,
-        batch_format="numpy",
-        compute=ActorPoolStrategy(size=min(workers, len(units))),
-        num_cpus=cpus_per_worker,
-    )
-    for row in dataset.iter_rows():
-        yield json.loads(row["summary"])
+    yield from map_actors(UnitWorker, (config_json, run_dir), "process",
+                          [(unit.to_dict(),) for unit in units], workers, address,
+                          retries=UNIT_RETRIES)
 
 
 def map_tasks(fn: Callable[..., Any], arguments: list[tuple], workers: int,
@@ -211,14 +183,19 @@ def map_tasks(fn: Callable[..., Any], arguments: list[tuple], workers: int,
 
 
 def map_actors(actor_class: type, constructor_args: tuple, method: str, arguments: list[tuple],
-               workers: int | None = None, address: str | None = None) -> Iterator[Any]:
+               workers: int | None = None, address: str | None = None,
+               retries: int = 0) -> Iterator[Any]:
     """`actor.<method>(*args)` for each tuple on a pool of `actor_class(*constructor_args)`
     actors (`workers` of them, default one per available CPU, never more than the calls);
-    yields the results as they finish, in that order. Each constructor argument is stored
-    once in Ray's object store, however many actors share it (a model, say). For work whose
-    actors hold state worth building once: token encoding loads its tokenizer once per actor.
+    yields the results as they finish, in that order. A large constructor argument (bytes: a
+    model, say) is stored once in Ray's object store, however many actors share it. For work
+    whose actors hold state worth building once: stages 1-7 (`process_units`), token encoding.
+    `retries`: a call whose actor died (its process or its node) is given to another actor, up
+    to that many times (the calls must be safe to redo); a new actor replaces the dead one and
+    joins the pool once it has started, where the cluster has room for it.
     """
     import ray
+    from ray.exceptions import RayActorError
 
     if not arguments:
         return
@@ -227,23 +204,46 @@ def map_actors(actor_class: type, constructor_args: tuple, method: str, argument
     size = max(1, min(workers or int(max(1, cpus)), len(arguments)))
     # Fractional reservations so the pool always fits what is free (see DESIGN pitfalls).
     remote_class = ray.remote(num_cpus=min(1.0, max(0.1, cpus / size)))(actor_class)
-    shared = [ray.put(arg) for arg in constructor_args]
+    shared = [ray.put(arg) if isinstance(arg, bytes) and len(arg) > SHARED_BYTES else arg
+              for arg in constructor_args]
     actors = [remote_class.remote(*shared) for _ in range(size)]
-    waiting = list(arguments)[::-1]
-    pending: dict[Any, Any] = {}
-    idle = list(actors)
+    idle = list(actors)  # calls queue on an actor until it has started
+    starting: dict[Any, Any] = {}  # readiness of replacements -> actor
+    waiting = list(enumerate(arguments))[::-1]
+    pending: dict[Any, tuple[Any, int]] = {}  # result -> (actor, index of its arguments)
+    failures = [0] * len(arguments)
     try:
         while waiting or pending:
             while waiting and idle:
-                actor = idle.pop()
-                pending[getattr(actor, method).remote(*waiting.pop())] = actor
-            done, _ = ray.wait(list(pending), num_returns=1)
-            idle.append(pending.pop(done[0]))
-            yield ray.get(done[0])
+                actor, (index, args) = idle.pop(), waiting.pop()
+                pending[getattr(actor, method).remote(*args)] = (actor, index)
+            done = ray.wait([*pending, *starting], num_returns=1)[0][0]
+            if done in starting:
+                actor = starting.pop(done)
+                with contextlib.suppress(RayActorError):
+                    ray.get(done)
+                    idle.append(actor)
+                continue
+            actor, index = pending.pop(done)
+            try:
+                result = ray.get(done)
+            except RayActorError:
+                failures[index] += 1
+                if failures[index] > retries:
+                    raise
+                log.warning("a worker died; its call %d is tried again (%d of %d)", index,
+                            failures[index], retries)
+                ray.kill(actor)
+                replacement = remote_class.remote(*shared)
+                actors.append(replacement)
+                starting[replacement.__ray_ready__.remote()] = replacement
+                waiting.append((index, arguments[index]))
+                continue
+            idle.append(actor)
+            yield result
     finally:
         for actor in actors:
             ray.kill(actor)
-
 
 
 # Ray Serve: an HTTP application of model replicas (pretrain.serve)
