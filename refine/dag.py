@@ -3,8 +3,8 @@
 Each actor builds a `UnitProcessor` once (blocklist, fastText model and extraction child load
 once per worker, not per task) and processes whole units, writing their shards itself. Output
 is therefore partitioned by content (input file and byte range), never by Ray's block layout,
-and is the same for any number of workers. An actor that dies (its process or its node) is
-restarted, on another node if need be, and its unit done again from the start.
+and is the same for any number of workers. When an actor dies (its process or its node), its
+unit is done again from the start by another actor, and a new actor takes its place.
 
 It also holds what pretrain.serve and pretrain.tune need of Ray Serve (`serve_app`,
 `serve_run`, `shutdown_serve`) and Ray Tune (`search_choice`, `search_loguniform`, `trial_id`,
@@ -141,7 +141,7 @@ class UnitWorker:
 
 
 SHARED_BYTES = 1 << 16  # a bytes argument larger than this goes once to the object store
-UNIT_RETRIES = 3  # restarts of a dead worker, and tries of the unit it held
+UNIT_RETRIES = 3  # times a unit is given to another actor after its actor died
 
 
 def process_units(units: list[Unit], config_json: str, run_dir: str, workers: int,
