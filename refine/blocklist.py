@@ -70,6 +70,7 @@ from refine.blocklist_update import (
     BlocklistUpdateError,
     update_blocklist,
 )
+from refine.cache_dir import default_cache_dir
 from refine.urlnorm import normalize_domain, normalize_host, normalize_url_entry, split_url
 
 __all__ = [  # update_blocklist and BlocklistUpdateError: re-exported from blocklist_update
@@ -96,11 +97,6 @@ PACKAGED_URLS = DATA_DIR / URLS_FILENAME
 CACHE_FORMAT_VERSION = 1
 _BITMAP_BITS_PER_ENTRY = 16  # bitmap size: next power of two >= 16 bits per entry
 _MIN_BITMAP_BITS = 1 << 16
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("REFINE_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "refine"
 
 
 def _list_file(path: str | os.PathLike[str] | None, filename: str) -> Path:

@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import logging
 import os
+import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,7 +115,49 @@ def _stderr_captured() -> Iterator[dict[str, str]]:
             captured["text"] = capture.read().decode(errors="replace")
 
 
+_local_ray_starting: Future | None = None  # `start_local_ray` in progress
+
+
+def _keep_sigterm_an_exit(record: logging.LogRecord) -> bool:
+    return "SIGTERM handler is not set" not in record.getMessage()
+
+
+def start_local_ray() -> None:
+    """Begin starting a local Ray (as `init_ray(None)`) in a background thread and return: the
+    caller prepares meanwhile, and the next `init_ray` waits for it (raising what it raised).
+    SIGTERM still exits through atexit, which stops Ray, as `ray.init` arranges in the main
+    thread."""
+    global _local_ray_starting
+    if _local_ray_starting is not None:
+        return
+    if (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL):
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+    logging.getLogger("ray._private.worker").addFilter(_keep_sigterm_an_exit)
+    started: Future = Future()
+
+    def start_and_stay() -> None:
+        try:
+            _init_ray_now(None, None)
+            started.set_result(None)
+        except BaseException as error:  # handed to the next init_ray
+            started.set_exception(error)
+        # Ray's daemons die with the thread that started them (PR_SET_PDEATHSIG): keep it
+        threading.Event().wait()
+
+    threading.Thread(target=start_and_stay, name="ray-start", daemon=True).start()
+    _local_ray_starting = started
+
+
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+    global _local_ray_starting
+    if _local_ray_starting is not None:
+        starting, _local_ray_starting = _local_ray_starting, None
+        starting.result()
+    _init_ray_now(address, num_cpus)
+
+
+def _init_ray_now(address: str | None, num_cpus: int | None) -> None:
     import ray
 
     if ray.is_initialized():
@@ -127,8 +173,8 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
 
 
 class UnitWorker:
-    """One worker of stages 1-7: builds its `UnitProcessor` (blocklist, fastText model,
-    extraction child) once and processes whole units."""
+    """The state of one worker of stages 1-7: its `UnitProcessor` (blocklist, fastText model,
+    extraction child), built once, processes whole units."""
 
     def __init__(self, config_json: str, run_dir: str):
         from refine.config import RunConfig
@@ -139,35 +185,229 @@ class UnitWorker:
     def process(self, unit: dict[str, Any]) -> dict[str, Any]:
         return self.processor.process(Unit(**unit))
 
+    def close(self) -> None:
+        self.processor.close()
+
+
+class PoolWorker:
+    """One process of a worker pool (a Ray actor). It holds at most one object, built in it
+    by `build` (a `UnitWorker`, say), whose methods `run` calls; `call` runs a plain function.
+    Between uses the object is dropped (`release`), so a run's stages 1-7 and its dedup steps
+    share warm processes."""
+
+    def __init__(self) -> None:
+        self.held: Any = None
+
+    def build(self, cls: type, *args: Any) -> None:
+        self.release()
+        self.held = cls(*args)
+
+    def run(self, method: str, *args: Any) -> Any:
+        return getattr(self.held, method)(*args)
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return fn(*args)
+
+    def release(self, then: Callable[[], None] | None = None) -> None:
+        """Drop the held object (closing it), then run `then` (say, imports the next step
+        needs, while other workers finish this one)."""
+        held, self.held = self.held, None
+        if held is not None and hasattr(held, "close"):
+            held.close()
+        del held
+        gc.collect()
+        if then is not None:
+            try:
+                then()
+            except Exception:  # preparation only: the next step does the work anyway
+                log.exception("preparing the next step failed")
+
 
 SHARED_BYTES = 1 << 16  # a bytes argument larger than this goes once to the object store
 UNIT_RETRIES = 3  # times a unit is given to another actor after its actor died
+TASK_RETRIES = 2  # times a whole-run (dedup) call is redone after its worker died
+
+
+class _Pool:
+    """`PoolWorker` actors and the scheduling of calls over them (see `map_actors`)."""
+
+    def __init__(self, size: int, address: str | None):
+        import ray
+
+        init_ray(address)
+        cpus = ray.available_resources().get("CPU", 1.0)
+        # Fractional reservations so the pool always fits what is free (see DESIGN pitfalls).
+        self.remote_class = ray.remote(num_cpus=min(1.0, max(0.1, cpus / size)))(PoolWorker)
+        self.ready = [self.remote_class.remote() for _ in range(size)]  # calls queue until up
+        self.preparing: dict[Any, Any] = {}  # build or release call -> its actor
+        self.actors = list(self.ready)
+
+    def kill(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors, self.ready, self.preparing = [], [], {}
+
+    def _replace(self, dead: Any, setup: tuple | None) -> dict[Any, Any]:
+        """A new actor in place of `dead`: {its start (or build) call: it}."""
+        import ray
+
+        ray.kill(dead)
+        self.actors.remove(dead)
+        actor = self.remote_class.remote()
+        self.actors.append(actor)
+        return {actor.build.remote(*setup) if setup else actor.__ray_ready__.remote(): actor}
+
+    def map(self, submit: Callable[..., Any], arguments: list[tuple], retries: int,
+            setup: tuple | None = None, then: Callable[[], None] | None = None,
+            ) -> Iterator[tuple[int, Any]]:
+        """(index, result) of `submit(actor, *args)` for each tuple, as calls finish.
+        `setup`: (class, *constructor arguments), built on each actor used (no more actors
+        than calls) before its calls. Each actor used drops what it built once no call is
+        left for it, then runs `then()` if given, while the others finish."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        if setup:
+            wanted = min(len(arguments), len(self.ready) + len(self.preparing))
+            chosen, self.ready = self.ready[:wanted], self.ready[wanted:]
+            for ref in list(self.preparing)[:wanted - len(chosen)]:  # builds queue behind
+                chosen.append(self.preparing.pop(ref))  # the release they are waiting on
+            idle, starting = [], {a.build.remote(*setup): a for a in chosen}
+        else:
+            idle, starting = self.ready, self.preparing
+            self.ready, self.preparing = [], {}
+        waiting = list(enumerate(arguments))[::-1]
+        pending: dict[Any, tuple[Any, int]] = {}  # result -> (actor, index of its arguments)
+        failures = [0] * len(arguments)
+        releasing: dict[Any, Any] = {}  # actors done with this map, dropping their object
+        finished = False
+        try:
+            while waiting or pending:
+                while waiting and idle:
+                    actor, (index, args) = idle.pop(), waiting.pop()
+                    pending[submit(actor, *args)] = (actor, index)
+                if not pending and not starting:
+                    raise RuntimeError("every worker of the pool died")
+                done = ray.wait([*pending, *starting], num_returns=1)[0][0]
+                if done in starting:
+                    actor = starting.pop(done)
+                    try:
+                        ray.get(done)
+                    except RayActorError:
+                        log.warning("a worker died while starting; a new one takes its place")
+                        starting.update(self._replace(actor, setup))
+                        continue
+                    idle.append(actor)
+                    continue
+                actor, index = pending.pop(done)
+                try:
+                    result = ray.get(done)
+                except RayActorError:
+                    failures[index] += 1
+                    if failures[index] > retries:
+                        raise
+                    log.warning("a worker died; its call %d is tried again (%d of %d)", index,
+                                failures[index], retries)
+                    starting.update(self._replace(actor, setup))
+                    waiting.append((index, arguments[index]))
+                    if setup:  # work again for the actors that dropped their object
+                        starting.update({a.build.remote(*setup): a for a in releasing.values()})
+                        releasing.clear()
+                    continue
+                if (setup or then) and not waiting:
+                    releasing[actor.release.remote(then)] = actor
+                else:
+                    idle.append(actor)
+                yield index, result
+            finished = True
+        finally:
+            if finished:
+                if setup or then:  # replacements still building are done with this map too
+                    releasing.update({a.release.remote(then): a for a in starting.values()})
+                    starting = {}
+                self.ready += idle
+                self.preparing.update(starting)
+                self.preparing.update(releasing)
+            else:  # failed or abandoned: calls may still run on the actors
+                self.kill()
+
+
+class _SharedPool:
+    def __init__(self, workers: int, address: str | None):
+        self.workers, self.address = workers, address
+        self.pool: _Pool | None = None
+
+
+_shared: _SharedPool | None = None
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int, address: str | None = None) -> Iterator[None]:
+    """Within the block, `map_actors` and `map_tasks` share one pool of `workers` actors,
+    started at first use and killed at the end: a run's stages 1-7 and its dedup steps run in
+    the same warm processes, with no new worker to start between them."""
+    global _shared
+    previous, _shared = _shared, _SharedPool(workers, address)
+    try:
+        yield
+    finally:
+        if _shared.pool is not None:
+            _shared.pool.kill()
+        _shared = previous
+
+
+def _pool_for(workers: int | None, address: str | None, calls: int) -> tuple[_Pool, bool]:
+    """The shared pool (see `worker_pool`), else a new one for `calls` calls; and whether it
+    is new (to kill after use)."""
+    import ray
+
+    if _shared is not None:
+        if _shared.pool is None or not _shared.pool.actors:
+            _shared.pool = _Pool(_shared.workers, _shared.address)
+        return _shared.pool, False
+    init_ray(address)
+    cpus = ray.available_resources().get("CPU", 1.0)
+    return _Pool(max(1, min(workers or int(max(1, cpus)), calls)), address), True
 
 
 def process_units(units: list[Unit], config_json: str, run_dir: str, workers: int,
-                  address: str | None = None) -> Iterator[dict[str, Any]]:
-    """Run units on `workers` actors; yield each unit's summary as it finishes."""
+                  address: str | None = None, then: Callable[[], None] | None = None,
+                  ) -> Iterator[dict[str, Any]]:
+    """Run units on `workers` actors; yield each unit's summary as it finishes. `then`: see
+    `map_actors`."""
     yield from map_actors(UnitWorker, (config_json, run_dir), "process",
                           [(unit.to_dict(),) for unit in units], workers, address,
-                          retries=UNIT_RETRIES)
+                          retries=UNIT_RETRIES, then=then)
 
 
 def map_tasks(fn: Callable[..., Any], arguments: list[tuple], workers: int,
               address: str | None = None,
               on_done: Callable[[int, int], None] | None = None) -> list[Any]:
-    """`fn(*args)` for each tuple as Ray tasks, at most `workers` at once; results in order.
+    """`fn(*args)` for each tuple, at most `workers` at once; results in order. On the shared
+    pool inside `worker_pool`, else as Ray tasks. A call whose worker died is redone.
 
-    Used by the whole-run stages (dedup): each task reads its own shard or bucket files, so
+    Used by the whole-run stages (dedup): each call reads its own shard or bucket files, so
     only small arguments and results (keys, ids, numbers) travel through Ray.
     """
     import ray
 
     if not arguments:
         return []
+    results: list[Any] = [None] * len(arguments)
+    if _shared is not None:
+        pool, _ = _pool_for(workers, address, len(arguments))
+        for count, (index, result) in enumerate(pool.map(
+                lambda actor, *args: actor.call.remote(fn, *args), arguments, TASK_RETRIES), 1):
+            results[index] = result
+            if on_done is not None:
+                on_done(count, len(arguments))
+        return results
     init_ray(address)
     cpus = ray.cluster_resources().get("CPU", 1.0)
-    remote = ray.remote(num_cpus=min(1.0, max(0.1, cpus / workers)), max_retries=2)(fn)
-    results: list[Any] = [None] * len(arguments)
+    remote = ray.remote(num_cpus=min(1.0, max(0.1, cpus / workers)),
+                        max_retries=TASK_RETRIES)(fn)
     running: dict[Any, int] = {}
     waiting = list(enumerate(arguments))[::-1]
     while waiting or running:
@@ -183,67 +423,34 @@ def map_tasks(fn: Callable[..., Any], arguments: list[tuple], workers: int,
 
 
 def map_actors(actor_class: type, constructor_args: tuple, method: str, arguments: list[tuple],
-               workers: int | None = None, address: str | None = None,
-               retries: int = 0) -> Iterator[Any]:
-    """`actor.<method>(*args)` for each tuple on a pool of `actor_class(*constructor_args)`
-    actors (`workers` of them, default one per available CPU, never more than the calls);
-    yields the results as they finish, in that order. A large constructor argument (bytes: a
-    model, say) is stored once in Ray's object store, however many actors share it. For work
-    whose actors hold state worth building once: stages 1-7 (`process_units`), token encoding.
+               workers: int | None = None, address: str | None = None, retries: int = 0,
+               then: Callable[[], None] | None = None) -> Iterator[Any]:
+    """`<method>(*args)` for each tuple on `actor_class(*constructor_args)` objects, one built
+    in each actor of a pool (`workers` of them, default one per available CPU, never more
+    than the calls; inside `worker_pool`, the shared pool); yields the results as they
+    finish, in that order. A large constructor argument (bytes: a model, say) is stored once
+    in Ray's object store, however many actors share it. For work whose actors hold state
+    worth building once: stages 1-7 (`process_units`), token encoding.
     `retries`: a call whose actor died (its process or its node) is given to another actor, up
     to that many times (the calls must be safe to redo); a new actor replaces the dead one and
     joins the pool once it has started, where the cluster has room for it.
+    `then`: once no call is left for an actor, it drops its object and runs `then()` (to
+    prepare the next step while the other actors finish; useful on the shared pool).
     """
     import ray
-    from ray.exceptions import RayActorError
 
     if not arguments:
         return
-    init_ray(address)
-    cpus = ray.available_resources().get("CPU", 1.0)
-    size = max(1, min(workers or int(max(1, cpus)), len(arguments)))
-    # Fractional reservations so the pool always fits what is free (see DESIGN pitfalls).
-    remote_class = ray.remote(num_cpus=min(1.0, max(0.1, cpus / size)))(actor_class)
+    pool, temporary = _pool_for(workers, address, len(arguments))
     shared = [ray.put(arg) if isinstance(arg, bytes) and len(arg) > SHARED_BYTES else arg
               for arg in constructor_args]
-    actors = [remote_class.remote(*shared) for _ in range(size)]
-    idle = list(actors)  # calls queue on an actor until it has started
-    starting: dict[Any, Any] = {}  # readiness of replacements -> actor
-    waiting = list(enumerate(arguments))[::-1]
-    pending: dict[Any, tuple[Any, int]] = {}  # result -> (actor, index of its arguments)
-    failures = [0] * len(arguments)
     try:
-        while waiting or pending:
-            while waiting and idle:
-                actor, (index, args) = idle.pop(), waiting.pop()
-                pending[getattr(actor, method).remote(*args)] = (actor, index)
-            done = ray.wait([*pending, *starting], num_returns=1)[0][0]
-            if done in starting:
-                actor = starting.pop(done)
-                with contextlib.suppress(RayActorError):
-                    ray.get(done)
-                    idle.append(actor)
-                continue
-            actor, index = pending.pop(done)
-            try:
-                result = ray.get(done)
-            except RayActorError:
-                failures[index] += 1
-                if failures[index] > retries:
-                    raise
-                log.warning("a worker died; its call %d is tried again (%d of %d)", index,
-                            failures[index], retries)
-                ray.kill(actor)
-                replacement = remote_class.remote(*shared)
-                actors.append(replacement)
-                starting[replacement.__ray_ready__.remote()] = replacement
-                waiting.append((index, arguments[index]))
-                continue
-            idle.append(actor)
+        for _, result in pool.map(lambda actor, *args: actor.run.remote(method, *args),
+                                  arguments, retries, setup=(actor_class, *shared), then=then):
             yield result
     finally:
-        for actor in actors:
-            ray.kill(actor)
+        if temporary:
+            pool.kill()
 
 
 # Ray Serve: an HTTP application of model replicas (pretrain.serve)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import sys
@@ -16,7 +17,7 @@ from typing import Any
 from refine import __version__
 from refine.accounting import check_run
 from refine.config import RunConfig
-from refine.dedup.stage import dedup_done, run_dedup
+from refine.dedup.stage import dedup_done, prepare_worker, run_dedup
 from refine.filters.url import URLFilter
 from refine.lease import Lease, LeaseError
 from refine.pipeline import units_done
@@ -177,7 +178,7 @@ def _run_leased(config: RunConfig, files: list[tuple[str, int]], units: list[Uni
                 run_dir: RunDir, lease: Lease, workers: int, address: str | None, resume: bool,
                 overwrite: bool, on_unit: Callable[[dict[str, Any], int, int], None] | None,
                 on_step: Callable[[str, int, int], None] | None, started: float) -> RunResult:
-    from refine.dag import process_units
+    from refine.dag import process_units, start_local_ray, worker_pool
 
     _prepare_run_dir(run_dir, config, files, resume, overwrite)
     units_per_input = Counter(u.path for u in units)
@@ -191,29 +192,35 @@ def _run_leased(config: RunConfig, files: list[tuple[str, int]], units: list[Uni
     }
     finished = units_done(run_dir)
     pending = largest_first([u for u in units if u.id not in finished], dict(files))
+    # new filtered shards (pending units) are deduplicated again
+    dedup_pending = config.dedup.enabled and (bool(pending) or not dedup_done(run_dir))
+    if not address and (pending or dedup_pending):
+        start_local_ray()  # in the background, while we prepare
     if pending and config.url.enabled:
         URLFilter(config.url).load()  # builds the blocklist cache once, before the workers map it
     _write_manifest(run_dir, manifest, units, "running")
     if pending:
         run_dir.remove(run_dir.path(DEDUP_STATS))  # new filtered shards: dedup again
     done, docs_this_launch = len(units) - len(pending), 0
-    for summary in process_units(pending, config.model_dump_json(), run_dir.url(), workers,
-                                 address):
+    # stages 1-7 and dedup on the same warm workers; those with no unit left prepare dedup
+    prepare = functools.partial(prepare_worker, config.dedup) if dedup_pending else None
+    with worker_pool(workers, address):
+        for summary in process_units(pending, config.model_dump_json(), run_dir.url(),
+                                     workers, address, then=prepare):
+            lease.check()
+            done += 1
+            docs_this_launch += summary["read"]
+            if on_unit:
+                on_unit(summary, done, len(units))
+        dedup = None
         lease.check()
-        done += 1
-        docs_this_launch += summary["read"]
-        if on_unit:
-            on_unit(summary, done, len(units))
-    dedup = None
-    lease.check()
-    if config.dedup.enabled:
-        if dedup_done(run_dir):
-            dedup = run_dir.read_json(DEDUP_STATS)
-        else:
+        if dedup_pending:
             dedup = run_dedup(run_dir, config.dedup, config.output.rejected_text_chars,
                               config.output.compression,
                               _step_mapper(workers, address, on_step),
                               config.pii if config.pii.enabled else None)
+        elif config.dedup.enabled:
+            dedup = run_dir.read_json(DEDUP_STATS)
     lease.check()
     stats = merge(load_parts(run_dir), dict(units_per_input), dedup)
     check_run(run_dir, stats)  # accounting_ok: every input complete, counts and rows agree

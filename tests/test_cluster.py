@@ -85,8 +85,8 @@ def test_killing_a_worker_process_and_then_a_node_changes_nothing(cluster, refin
     def units_done() -> int:
         return len(list(units.glob("*.json"))) if units.exists() else 0
 
-    wait_for(lambda: cluster.workers_running("UnitWorker"), 120, "the worker actors")
-    victim = cluster.workers_running("UnitWorker")[0]
+    wait_for(lambda: cluster.workers_running("PoolWorker"), 120, "the worker actors")
+    victim = cluster.workers_running("PoolWorker")[0]
     assert proc.poll() is None and units_done() < 8
     victim.send_signal(signal.SIGKILL)  # a worker process dies mid-unit
     wait_for(lambda: units_done() >= 2 or proc.poll() is not None, 300, "two units")

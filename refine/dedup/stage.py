@@ -8,8 +8,8 @@ Every step is a set of tasks that exchange records through files under ``RUN/ded
 (`refine.dedup.shuffle`): per shard, per band-key bucket, per graph partition, per URL range,
 per window partition. The driver holds only counts, O(shards + partitions): no per-document
 state, no edge list. Knows nothing of Ray: the caller passes
-`map_tasks(step, fn, argument_tuples) -> results in order`, which `refine.dag` runs as Ray tasks
-(tests may pass a plain loop). The stats file ``RUN/stats/dedup.json`` is written last and
+`map_tasks(step, fn, argument_tuples) -> results in order`, which `refine.dag` runs on its
+workers (tests may pass a plain loop). The stats file ``RUN/stats/dedup.json`` is written last and
 marks the stage as done.
 """
 
@@ -36,6 +36,7 @@ from refine.dedup.fuzzy import (
     read_docs,
     sign_shard,
 )
+from refine.dedup.minhash import MinHasher, band_key_array
 from refine.dedup.names import answer_names
 from refine.dedup.rewrite import RewriteResult, rewrite_shard
 from refine.dedup.stars import connect, star_decisions
@@ -47,6 +48,7 @@ from refine.dedup.urls import (
     scatter_urls,
     write_url_set,
 )
+from refine.dedup.windows import batch_windows, repeat_marks
 from refine.filters.pii import PIIConfig
 from refine.rundir import (
     DATA,
@@ -63,6 +65,21 @@ from refine.stages import EXACT_DEDUP, FUZZY_DEDUP, PII, URL_DEDUP
 MapTasks = Callable[[str, Callable[..., Any], list[tuple]], list[Any]]  # (step name, fn, args)
 MIN_BUCKETS = 8
 log = logging.getLogger(__name__)
+
+
+def prepare_worker(config: DedupConfig) -> None:
+    """Load in this process what the dedup steps use, on a few words: numba's cached machine
+    code, the character tables, pyarrow's dataset module. Workers of stages 1-7 with no unit
+    left run it, so that the first dedup step starts warm."""
+    import pyarrow.dataset  # noqa: F401  (the first Parquet read imports it)
+
+    text = " ".join(["warm"] * 2 * config.exact.min_tokens)
+    if config.fuzzy.enabled:
+        hasher = MinHasher(config.fuzzy)
+        band_key_array(hasher.hash_signatures(hasher.texts_hashes([text])), config.fuzzy)
+    if config.exact.enabled:
+        repeat_marks(batch_windows([text], np.zeros(1, dtype=np.uint64),
+                                   config.exact.min_tokens))
 
 
 def dedup_done(run_dir: RunDir) -> bool:

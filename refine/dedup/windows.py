@@ -23,6 +23,7 @@ import numpy as np
 from refine.dedup.exact import DuplicateSpan, tokenize
 from refine.dedup.kernels import fmix64
 from refine.dedup.shuffle import NODE, node_order
+from refine.dedup.tables import cached_table
 
 WINDOW = np.dtype([("h1", "<u8"), ("h2", "<u8"), ("node", NODE), ("pos", "<u4")])
 MARK = np.dtype([("doc", "<u8"), ("pos", "<u4"), ("source", "<u8")])
@@ -53,8 +54,14 @@ def _tokens(code_points: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, n
 
 @functools.cache
 def char_classes() -> np.ndarray:
-    """Per code point: SPACE (``\\s``), WORD (``\\w``) or OTHER, as Python's `re` decides
-    (built by running the patterns over every code point once: ~0.3 s per process)."""
+    """Per code point: SPACE (``\\s``), WORD (``\\w``) or OTHER, as Python's `re` decides: built
+    once per machine (~0.3 s) and loaded from the cache (`refine.dedup.tables`, keyed on this
+    file) in a few ms, once per process."""
+    return cached_table("char_classes", _build_char_classes)
+
+
+def _build_char_classes() -> np.ndarray:
+    """`char_classes`, built by running the patterns over every code point once."""
     every = "".join(map(chr, range(0x110000)))
     classes = np.full(0x110000, OTHER, dtype=np.uint8)
     for match in re.finditer(r"\s", every):

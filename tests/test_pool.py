@@ -1,0 +1,97 @@
+"""`refine.dag.worker_pool`: a run's stages 1-7 (`map_actors`) and its dedup steps (`map_tasks`)
+run in the same warm processes; a worker with no call left drops its object and prepares the
+next step; a call whose worker died is redone, also once the other workers have moved on."""
+
+import functools
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from refine import dag
+
+
+@pytest.fixture(autouse=True)
+def _by_value(local_ray):
+    # the workers need not import this test module
+    local_ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield
+    local_ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+class Held:
+    """A worker's state, as `UnitWorker` is: built once per worker, closed when dropped."""
+
+    def __init__(self, marks: str):
+        self.marks = Path(marks)
+
+    def work(self, n: int, seconds: float, die_once: bool) -> tuple[int, int]:
+        time.sleep(seconds)
+        died = self.marks / f"died-{n}"
+        if die_once and not died.exists():
+            died.touch()
+            os._exit(1)  # the worker process dies mid-call
+        return n, os.getpid()
+
+    def close(self) -> None:
+        (self.marks / f"closed-{os.getpid()}").touch()
+
+
+def prepare_next(marks: str) -> None:
+    (Path(marks) / f"prepared-{os.getpid()}").touch()
+
+
+def square_and_pid(n: int) -> tuple[int, int]:
+    time.sleep(0.1)
+    return n * n, os.getpid()
+
+
+def pids(marks: Path, kind: str) -> set[int]:
+    return {int(p.name.split("-")[1]) for p in marks.glob(f"{kind}-*")}
+
+
+def test_stages_and_dedup_steps_share_warm_workers(tmp_path):
+    with dag.worker_pool(2):
+        done = list(dag.map_actors(Held, (str(tmp_path),), "work",
+                                   [(n, 0.05, False) for n in range(6)],
+                                   then=functools.partial(prepare_next, str(tmp_path))))
+        squares = dag.map_tasks(square_and_pid, [(n,) for n in range(8)], 2)
+    assert sorted(n for n, _ in done) == list(range(6))
+    actor_pids = {pid for _, pid in done}
+    assert [value for value, _ in squares] == [n * n for n in range(8)]  # in order
+    assert {pid for _, pid in squares} == actor_pids  # both, and no new worker process
+    assert pids(tmp_path, "closed") == actor_pids  # each dropped its object...
+    assert pids(tmp_path, "prepared") == actor_pids  # ...and prepared the next step
+
+
+def test_a_call_whose_worker_died_after_the_others_moved_on_is_redone(tmp_path):
+    # calls 0 and 1 end first, so one worker has dropped its object when call 2's worker dies
+    calls = [(0, 0.1, False), (1, 0.3, False), (2, 1.0, True)]
+    with dag.worker_pool(2):
+        done = list(dag.map_actors(Held, (str(tmp_path),), "work", calls, retries=1,
+                                   then=functools.partial(prepare_next, str(tmp_path))))
+        squares = dag.map_tasks(square_and_pid, [(n,) for n in range(4)], 2)
+    assert sorted(n for n, _ in done) == [0, 1, 2]
+    assert (tmp_path / "died-2").exists()
+    assert [value for value, _ in squares] == [0, 1, 4, 9]
+
+
+def test_without_a_shared_pool_the_workers_end_with_the_call(tmp_path):
+    done = list(dag.map_actors(Held, (str(tmp_path),), "work",
+                               [(n, 0.0, False) for n in range(3)], workers=2))
+    assert sorted(n for n, _ in done) == [0, 1, 2]
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for _, pid in done) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(pid) for _, pid in done)
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
