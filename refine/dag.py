@@ -19,14 +19,11 @@ import functools
 import gc
 import logging
 import os
-import signal
 import socket
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,49 +112,7 @@ def _stderr_captured() -> Iterator[dict[str, str]]:
             captured["text"] = capture.read().decode(errors="replace")
 
 
-_local_ray_starting: Future | None = None  # `start_local_ray` in progress
-
-
-def _keep_sigterm_an_exit(record: logging.LogRecord) -> bool:
-    return "SIGTERM handler is not set" not in record.getMessage()
-
-
-def start_local_ray() -> None:
-    """Begin starting a local Ray (as `init_ray(None)`) in a background thread and return: the
-    caller prepares meanwhile, and the next `init_ray` waits for it (raising what it raised).
-    SIGTERM still exits through atexit, which stops Ray, as `ray.init` arranges in the main
-    thread."""
-    global _local_ray_starting
-    if _local_ray_starting is not None:
-        return
-    if (threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL):
-        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
-    logging.getLogger("ray._private.worker").addFilter(_keep_sigterm_an_exit)
-    started: Future = Future()
-
-    def start_and_stay() -> None:
-        try:
-            _init_ray_now(None, None)
-            started.set_result(None)
-        except BaseException as error:  # handed to the next init_ray
-            started.set_exception(error)
-        # Ray's daemons die with the thread that started them (PR_SET_PDEATHSIG): keep it
-        threading.Event().wait()
-
-    threading.Thread(target=start_and_stay, name="ray-start", daemon=True).start()
-    _local_ray_starting = started
-
-
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
-    global _local_ray_starting
-    if _local_ray_starting is not None:
-        starting, _local_ray_starting = _local_ray_starting, None
-        starting.result()
-    _init_ray_now(address, num_cpus)
-
-
-def _init_ray_now(address: str | None, num_cpus: int | None) -> None:
     import ray
 
     if ray.is_initialized():

@@ -178,7 +178,7 @@ def _run_leased(config: RunConfig, files: list[tuple[str, int]], units: list[Uni
                 run_dir: RunDir, lease: Lease, workers: int, address: str | None, resume: bool,
                 overwrite: bool, on_unit: Callable[[dict[str, Any], int, int], None] | None,
                 on_step: Callable[[str, int, int], None] | None, started: float) -> RunResult:
-    from refine.dag import process_units, start_local_ray, worker_pool
+    from refine.dag import process_units, worker_pool
 
     _prepare_run_dir(run_dir, config, files, resume, overwrite)
     units_per_input = Counter(u.path for u in units)
@@ -194,8 +194,6 @@ def _run_leased(config: RunConfig, files: list[tuple[str, int]], units: list[Uni
     pending = largest_first([u for u in units if u.id not in finished], dict(files))
     # new filtered shards (pending units) are deduplicated again
     dedup_pending = config.dedup.enabled and (bool(pending) or not dedup_done(run_dir))
-    if not address and (pending or dedup_pending):
-        start_local_ray()  # in the background, while we prepare
     if pending and config.url.enabled:
         URLFilter(config.url).load()  # builds the blocklist cache once, before the workers map it
     _write_manifest(run_dir, manifest, units, "running")
