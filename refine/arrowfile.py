@@ -3,8 +3,8 @@
 Arrow releases a wrapped Python file on whichever thread drops the last reference, and a
 thread of Arrow's pool that does so while the interpreter finalizes takes the GIL, is ended by
 CPython and aborts the process ("terminate called without an active exception", exit 134).
-So whole-table reads (pyarrow's dataset scanner, which drops files on its threads) only ever
-get native sources: a local path, or a remote object's bytes copied into an Arrow-owned buffer.
+So whole-table reads only ever get native sources: a local path, or a remote object's bytes
+copied into an Arrow-owned buffer.
 Streamed reads go through `ParquetFile`, whose file the calling thread releases on `close()`;
 it gets a local path, or an fsspec stream for a remote object (never read whole).
 """
@@ -44,4 +44,7 @@ def parquet_file(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[pq.Parque
 
 def read_table(fs: fsspec.AbstractFileSystem, path: str,
                columns: list[str] | None = None) -> pa.Table:
-    return pq.read_table(native_source(fs, path), columns=columns)
+    # ParquetFile, not pq.read_table: the same table, without pyarrow's dataset module, whose
+    # import (pandas with it) costs each new worker process ~0.6 s
+    with pq.ParquetFile(native_source(fs, path)) as parquet:
+        return parquet.read(columns=columns)

@@ -14,6 +14,7 @@ inside the functions: importing this module starts nothing and loads no Ray.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import gc
@@ -125,6 +126,21 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
                  logging_level=logging.WARNING,
                  configure_logging=True)
+        atexit.register(_stop_local_ray)  # before Ray's own atexit shutdown
+
+
+def _stop_local_ray() -> None:
+    """`ray.shutdown`, with the autoscaler monitor (idle on a local Ray) killed first: stopped
+    after the GCS, as `ray.shutdown` orders it, the monitor hangs until Ray's 1 s timeout."""
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    if node is not None:
+        with contextlib.suppress(Exception):  # a Ray with other internals: the usual shutdown
+            from ray._private.ray_constants import PROCESS_TYPE_MONITOR
+
+            node._kill_process_type(PROCESS_TYPE_MONITOR, check_alive=False)
+    ray.shutdown()
 
 
 class UnitWorker:

@@ -95,3 +95,23 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_a_local_ray_leaves_no_process_behind_at_exit():
+    import json
+    import subprocess
+
+
+    script = ("import json, psutil\n"
+              "from refine.dag import init_ray\n"
+              "init_ray(None)\n"
+              "print(json.dumps([p.pid for p in psutil.Process().children(recursive=True)]))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    started = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(started) >= 3  # the GCS, the raylet, the monitor and the rest
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in started) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [pid for pid in started if _alive(pid)] == []

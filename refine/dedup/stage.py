@@ -69,10 +69,8 @@ log = logging.getLogger(__name__)
 
 def prepare_worker(config: DedupConfig) -> None:
     """Load in this process what the dedup steps use, on a few words: numba's cached machine
-    code, the character tables, pyarrow's dataset module. Workers of stages 1-7 with no unit
-    left run it, so that the first dedup step starts warm."""
-    import pyarrow.dataset  # noqa: F401  (the first Parquet read imports it)
-
+    code and the character tables. Workers of stages 1-7 with no unit left run it, so that the
+    first dedup step starts warm."""
     text = " ".join(["warm"] * 2 * config.exact.min_tokens)
     if config.fuzzy.enabled:
         hasher = MinHasher(config.fuzzy)
