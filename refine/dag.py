@@ -5,6 +5,9 @@ once per worker, not per task) and processes whole units, writing their shards i
 is therefore partitioned by content (input file and byte range), never by Ray's block layout,
 and is the same for any number of workers. When an actor dies (its process or its node), its
 unit is done again from the start by another actor, and a new actor takes its place.
+Inside `worker_pool` (a whole `refine run`), stages 1-7 and the dedup steps (`map_tasks`) share
+one pool of actors: no worker process starts between them, and a worker with no unit left drops
+its `UnitProcessor` and prepares the dedup steps while the others finish.
 
 It also holds what pretrain.serve and pretrain.tune need of Ray Serve (`serve_app`,
 `serve_run`, `shutdown_serve`) and Ray Tune (`search_choice`, `search_loguniform`, `trial_id`,

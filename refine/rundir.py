@@ -45,7 +45,7 @@ URL_SET = "dedup/urls.parquet"
 
 
 class RunDir:
-    """One run directory. Picklable (Ray tasks get it as an argument)."""
+    """One run directory. Picklable (the workers get it as an argument)."""
 
     def __init__(self, location: str | Path):
         self.location = str(location)
