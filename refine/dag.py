@@ -290,7 +290,7 @@ class _Pool:
                         starting.update({a.build.remote(*setup): a for a in releasing.values()})
                         releasing.clear()
                     continue
-                if (setup or then) and not waiting:
+                if setup and not waiting:
                     releasing[actor.release.remote(then)] = actor
                 else:
                     idle.append(actor)
@@ -298,7 +298,7 @@ class _Pool:
             finished = True
         finally:
             if finished:
-                if setup or then:  # replacements still building are done with this map too
+                if setup:  # replacements still building are done with this map too
                     releasing.update({a.release.remote(then): a for a in starting.values()})
                     starting = {}
                 self.ready += idle

@@ -192,7 +192,6 @@ def _run_leased(config: RunConfig, files: list[tuple[str, int]], units: list[Uni
     }
     finished = units_done(run_dir)
     pending = largest_first([u for u in units if u.id not in finished], dict(files))
-    # new filtered shards (pending units) are deduplicated again
     dedup_pending = config.dedup.enabled and (bool(pending) or not dedup_done(run_dir))
     if pending and config.url.enabled:
         URLFilter(config.url).load()  # builds the blocklist cache once, before the workers map it

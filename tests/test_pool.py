@@ -101,7 +101,6 @@ def test_a_local_ray_leaves_no_process_behind_at_exit():
     import json
     import subprocess
 
-
     script = ("import json, psutil\n"
               "from refine.dag import init_ray\n"
               "init_ray(None)\n"
