@@ -1,15 +1,18 @@
-"""Throughput of stages 1-7 on a real local Ray; prints one JSON line per measurement.
+"""Throughput of stages 1-7 as `refine run` does them: on local worker processes (the default),
+or on Ray (--address: local for a Ray of our own, or a cluster); prints one JSON line per
+measurement.
 
 The four real-html WARC files (1,213 real pages) are tiled (symlinked under new names, so each
 copy is its own work unit) to at least --min-records records and refined with --workers actors.
 Also reports the extraction F1 of the configured trafilatura options on the gold set.
 
-docs_per_s counts the whole wall time from before Ray starts; startup_s is the part before the
-first unit starts (Ray, the actors and their models: fixed),
+docs_per_s counts the whole wall time from before the workers (or Ray) start; startup_s is the
+part before the first unit starts (Ray if used, the workers and their models: fixed),
 and docs_per_s_steady the rate from then to the last unit's end, which a long run approaches;
 tail_s is what follows the last unit (merging the unit statistics, the accounting check, the
 final stats.json and manifest). run_cpu_s is the CPU time of every process of the run (this
-one, Ray's GCS, raylet and workers, extraction children) from before Ray starts to the end;
+one, the workers, their extraction children, and Ray's GCS, raylet and the rest where Ray is
+used) from before anything starts to the end;
 extraction_share_of_run_cpu = extraction CPU / run_cpu_s, cpu_utilisation = run_cpu_s / (wall_s x
 CPUs). --dedup adds stages 8-10 (the whole run, as the throughput issue measures it).
 
@@ -18,11 +21,11 @@ the default is a temporary directory). With a URL the same input is refined to a
 temporary directory and to RUN (RUN-0, RUN-1, ... for several rounds) back to back in this
 process, --rounds times (default 2) in alternating order (local, remote, remote, local: the
 first run in a process is the slower), one JSON line each ("output": "local" or the URL), then
-one line with remote/local docs/s (the object-storage target: within 10%). Ray is started once
-before the comparison, so there wall_s and docs_per_s leave Ray's start out (ray_start_s is in
-the last line); server_cpu_s is the local S3 server's CPU time, on the same CPUs. --moto starts
-moto's S3 server on 127.0.0.1 (refine.locals3) and creates the bucket; without it the usual
-AWS_* variables and AWS_ENDPOINT_URL say where S3 is.
+one line with remote/local docs/s (the object-storage target: within 10%). With --address, Ray
+is started once before the comparison, so there wall_s and docs_per_s leave Ray's start out
+(ray_start_s is in the last line); server_cpu_s is the local S3 server's CPU time, on the same
+CPUs. --moto starts moto's S3 server on 127.0.0.1 (refine.locals3) and creates the bucket;
+without it the usual AWS_* variables and AWS_ENDPOINT_URL say where S3 is.
 """
 
 from __future__ import annotations
@@ -109,7 +112,8 @@ class TreeCpu:
 
 
 def measure(config: Any, inputs: list[str], output: str | Path, label: str, workers: int,
-            started: float, server_pid: int | None = None) -> dict[str, Any]:
+            address: str | None, started: float, server_pid: int | None = None,
+            ) -> dict[str, Any]:
     """One run of `inputs` into `output` (shown as `label`); its wall time counts from
     `started`."""
     from s3_local import process_cpu_s
@@ -119,7 +123,7 @@ def measure(config: Any, inputs: list[str], output: str | Path, label: str, work
     summaries: list[dict[str, Any]] = []
     driver_cpu = time.process_time()
     server_cpu = process_cpu_s(server_pid) if server_pid else 0.0
-    result = run(config, inputs, output, workers=workers,
+    result = run(config, inputs, output, workers=workers, address=address,
                  on_unit=lambda s, done, total: summaries.append(s))
     wall = time.monotonic() - started
     driver_cpu = time.process_time() - driver_cpu  # the scheduling loop, progress
@@ -178,6 +182,8 @@ def main() -> None:
     parser.add_argument("--gold", type=Path, default=SHARED / "extraction")
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "refinedweb.yaml")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--address", help="run on Ray: 'local' starts a Ray of our own, else a "
+                        "cluster's address (default: local worker processes, no Ray)")
     parser.add_argument("--min-records", type=int, default=4800)
     parser.add_argument("--dedup", action="store_true",
                         help="also run the dedup stages 8-10 (default: stages 1-7 only)")
@@ -196,7 +202,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from refine.config import load_config
-    from refine.dag import init_ray
+    from refine.dag import LOCAL_RAY, init_ray
     from testkit.extract_eval import evaluate
 
     if args.moto and args.output is None:
@@ -222,6 +228,7 @@ def main() -> None:
         sys.exit(f"no *.warc.gz in {args.data}")
     per_round = count_documents(sources)
     common = {"bench": "refine_throughput", "config": config.name, "workers": args.workers,
+              "backend": "ray" if args.address else "processes",
               "stages": "1-10" if args.dedup else "1-7", "cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="refine-bench-") as tmp, ExitStack() as stack:
         server_pid = None
@@ -234,14 +241,16 @@ def main() -> None:
         input_mb = round(sum(Path(p).stat().st_size for p in inputs) / 1e6, 1)
         tree_cpu = TreeCpu().start()
         started = time.monotonic()  # wall time includes starting Ray and the workers
-        init_ray(None, num_cpus=os.cpu_count())
+        if args.address:
+            init_ray(args.address, num_cpus=os.cpu_count() if args.address == LOCAL_RAY else None)
         ray_start = time.monotonic() - started
         if not compare:
             line = measure(config, inputs, args.output or Path(tmp) / "run",
-                           args.output or "local", args.workers, started, server_pid)
+                           args.output or "local", args.workers, args.address, started,
+                           server_pid)
             run_cpu = tree_cpu.stop()
             cores = os.cpu_count() or 1
-            line |= {  # the whole run: every process, Ray's own included, from before Ray starts
+            line |= {  # the whole run: every process (Ray's own too), from before any starts
                 "run_cpu_s": round(run_cpu, 2),
                 "extraction_share_of_run_cpu": round(line["cpu_s_per_stage"]["extract"] / run_cpu,
                                                      3),
@@ -249,11 +258,12 @@ def main() -> None:
             }
             gold = evaluate(args.gold / "html", args.gold / "ground-truth.json", config.extract)
             wall = line["wall_s"]
+            ray = {"ray_start_s": round(ray_start, 2),
+                   "docs_per_s_after_ray_start": round(line["documents"] / (wall - ray_start), 1),
+                   } if args.address else {}
             print(json.dumps({
                 **common, **line, "input_mb": input_mb,
-                "mb_per_s": round(input_mb / wall, 2),
-                "ray_start_s": round(ray_start, 2),
-                "docs_per_s_after_ray_start": round(line["documents"] / (wall - ray_start), 1),
+                "mb_per_s": round(input_mb / wall, 2), **ray,
                 "extraction_f1": round(gold["f1"], 4),
                 "extraction_ms_per_page": round(gold["ms_per_page"], 2),
                 "extraction_gold_pages": gold["pages"],
@@ -270,7 +280,8 @@ def main() -> None:
                     output = target if args.rounds == 1 else f"{target.rstrip('/')}-{round_}"
                 line = measure(config, inputs, output,
                                "local" if side == "local" else str(output), args.workers,
-                               time.monotonic(), server_pid if side == "remote" else None)
+                               args.address, time.monotonic(),
+                               server_pid if side == "remote" else None)
                 line = {**common, **line, "round": round_, "input_mb": input_mb,
                         "mb_per_s": round(input_mb / line["wall_s"], 2)}
                 lines[side].append(line)
@@ -284,7 +295,7 @@ def main() -> None:
     ratio_steady = rate("remote", "steady_s") / rate("local", "steady_s")
     print(json.dumps({
         **common, "comparison": "remote/local", "output": target, "rounds": args.rounds,
-        "ray_start_s": round(ray_start, 2),
+        **({"ray_start_s": round(ray_start, 2)} if args.address else {}),
         "local_docs_per_s": [r["docs_per_s"] for r in lines["local"]],
         "remote_docs_per_s": [r["docs_per_s"] for r in lines["remote"]],
         "local_docs_per_s_steady": [r["docs_per_s_steady"] for r in lines["local"]],

@@ -64,11 +64,13 @@ def _parser() -> argparse.ArgumentParser:
                           "local paths or s3://, gs:// URLs")
     run.add_argument("--output", "-o", required=True, metavar="RUN", help="run directory")
     run.add_argument("--address", default=None,
-                     help="Ray cluster address ('auto' or host:port); default: start a local Ray")
+                     help="run on Ray: a cluster's address ('auto' or host:port), or 'local' "
+                     "to start a Ray of our own; default: local worker processes, no Ray")
     run.add_argument("--connect-timeout", type=float, default=60.0, metavar="S",
                      help="give up on an unreachable --address after S seconds (default: 60)")
     run.add_argument("--workers", type=int, default=2,
-                     help="worker actors, each holding its models once (default: 2)")
+                     help="worker processes (Ray actors with --address), each holding its "
+                     "models once (default: 2)")
     run.add_argument("--resume", action="store_true",
                      help="continue an interrupted run: finished units are not processed again")
     run.add_argument("--overwrite", action="store_true", help="delete RUN first if it exists")

@@ -1,13 +1,16 @@
-"""The only module that knows Ray: schedules work units over an actor pool (`map_actors`).
+"""The worker pool of a run, and the only module that knows Ray.
 
-Each actor builds a `UnitProcessor` once (blocklist, fastText model and extraction child load
-once per worker, not per task) and processes whole units, writing their shards itself. Output
-is therefore partitioned by content (input file and byte range), never by Ray's block layout,
-and is the same for any number of workers. When an actor dies (its process or its node), its
-unit is done again from the start by another actor, and a new actor takes its place.
-Inside `worker_pool` (a whole `refine run`), stages 1-7 and the dedup steps (`map_tasks`) share
-one pool of actors: no worker process starts between them, and a worker with no unit left drops
-its `UnitProcessor` and prepares the dedup steps while the others finish.
+`map_actors` schedules work units over a pool of workers. Each worker builds a `UnitProcessor`
+once (blocklist, fastText model and extraction child load once per worker, not per task) and
+processes whole units, writing their shards itself. Output is therefore partitioned by content
+(input file and byte range), never by the workers, and is the same for any number of them.
+When a worker dies (its process or its node), its unit is done again from the start by another
+worker, and a new worker takes its place. Inside `worker_pool` (a whole `refine run`), stages 1-7
+and the dedup steps (`map_tasks`) share one pool: no worker process starts between them, and a
+worker with no unit left drops its `UnitProcessor` and prepares the dedup steps while the others
+finish. A run without a cluster address has plain local processes for workers
+(`refine.processes`) and starts no Ray; with one, the workers are Ray actors. Outside a run
+(the benches, `pretrain.encode`), `map_actors` and `map_tasks` use Ray.
 
 It also holds what pretrain.serve and pretrain.tune need of Ray Serve (`serve_app`,
 `serve_run`, `shutdown_serve`) and Ray Tune (`search_choice`, `search_loguniform`, `trial_id`,
@@ -32,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from refine.processes import WorkerLost
 from refine.readers import Unit
 
 log = logging.getLogger(__name__)
@@ -116,12 +120,15 @@ def _stderr_captured() -> Iterator[dict[str, str]]:
             captured["text"] = capture.read().decode(errors="replace")
 
 
+LOCAL_RAY = "local"  # the address that starts a Ray of our own on this machine
+
+
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     import ray
 
     if ray.is_initialized():
         return
-    if address:
+    if address and address != LOCAL_RAY:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
     else:
         _loopback_only()
@@ -172,6 +179,9 @@ class PoolWorker:
     def __init__(self) -> None:
         self.held: Any = None
 
+    def ready(self) -> None:
+        """Nothing: its answer says the worker has started."""
+
     def build(self, cls: type, *args: Any) -> None:
         self.release()
         self.held = cls(*args)
@@ -202,8 +212,8 @@ UNIT_RETRIES = 3  # times a unit is given to another actor after its actor died
 TASK_RETRIES = 2  # times a whole-run (dedup) call is redone after its worker died
 
 
-class _Pool:
-    """`PoolWorker` actors and the scheduling of calls over them (see `map_actors`)."""
+class _RayWorkers:
+    """The Ray backend of `_Pool`: each worker a `PoolWorker` actor, operations its methods."""
 
     def __init__(self, size: int, address: str | None):
         import ray
@@ -212,64 +222,100 @@ class _Pool:
         cpus = ray.available_resources().get("CPU", 1.0)
         # Fractional reservations so the pool always fits what is free (see DESIGN pitfalls).
         self.remote_class = ray.remote(num_cpus=min(1.0, max(0.1, cpus / size)))(PoolWorker)
-        self.ready = [self.remote_class.remote() for _ in range(size)]  # calls queue until up
-        self.preparing: dict[Any, Any] = {}  # build or release call -> its actor
-        self.actors = list(self.ready)
 
-    def kill(self) -> None:
+    def start(self) -> Any:
+        return self.remote_class.remote()
+
+    def send(self, worker: Any, op: str, *args: Any) -> Any:
+        return getattr(worker, op).remote(*args)
+
+    def wait(self, calls: list[Any]) -> Any:
         import ray
 
-        for actor in self.actors:
-            ray.kill(actor)
-        self.actors, self.ready, self.preparing = [], [], {}
+        return ray.wait(calls, num_returns=1)[0][0]
 
-    def _replace(self, dead: Any, setup: tuple | None) -> dict[Any, Any]:
-        """A new actor in place of `dead`: {its start (or build) call: it}."""
-        import ray
-
-        ray.kill(dead)
-        self.actors.remove(dead)
-        actor = self.remote_class.remote()
-        self.actors.append(actor)
-        return {actor.build.remote(*setup) if setup else actor.__ray_ready__.remote(): actor}
-
-    def map(self, submit: Callable[..., Any], arguments: list[tuple], retries: int,
-            setup: tuple | None = None, then: Callable[[], None] | None = None,
-            ) -> Iterator[tuple[int, Any]]:
-        """(index, result) of `submit(actor, *args)` for each tuple, as calls finish.
-        `setup`: (class, *constructor arguments), built on each actor used (no more actors
-        than calls) before its calls. Each actor used drops what it built once no call is
-        left for it, then runs `then()` if given, while the others finish."""
+    def result(self, call: Any) -> Any:
         import ray
         from ray.exceptions import RayActorError
 
+        try:
+            return ray.get(call)
+        except RayActorError as error:
+            raise WorkerLost(str(error).strip().splitlines()[0] if str(error).strip()
+                             else "a worker (Ray actor) died") from error
+
+    def kill(self, worker: Any) -> None:
+        import ray
+
+        ray.kill(worker)
+
+
+class _Pool:
+    """Workers (`PoolWorker`s: Ray actors, or local processes when there is no address) and
+    the scheduling of calls over them (see `map_actors`)."""
+
+    def __init__(self, size: int, address: str | None, processes: bool = False):
+        self.processes = processes
+        if processes:
+            from refine.processes import LocalWorkers
+
+            self.workers: Any = LocalWorkers()
+        else:
+            self.workers = _RayWorkers(size, address)
+        self.ready = [self.workers.start() for _ in range(size)]  # calls queue until up
+        self.preparing: dict[Any, Any] = {}  # build or release call -> its worker
+        self.actors = list(self.ready)
+
+    def kill(self) -> None:
+        for actor in self.actors:
+            self.workers.kill(actor)
+        self.actors, self.ready, self.preparing = [], [], {}
+
+    def _replace(self, dead: Any, setup: tuple | None) -> dict[Any, Any]:
+        """A new worker in place of `dead`: {its start (or build) call: it}."""
+        self.workers.kill(dead)
+        self.actors.remove(dead)
+        actor = self.workers.start()
+        self.actors.append(actor)
+        return {self.workers.send(actor, "build", *setup) if setup
+                else self.workers.send(actor, "ready"): actor}
+
+    def map(self, op: str, head: tuple, arguments: list[tuple], retries: int,
+            setup: tuple | None = None, then: Callable[[], None] | None = None,
+            ) -> Iterator[tuple[int, Any]]:
+        """(index, result) of the worker operation `op(*head, *args)` ("run": a method of the
+        built object; "call": a function) for each tuple, as calls finish.
+        `setup`: (class, *constructor arguments), built on each worker used (no more workers
+        than calls) before its calls. Each worker used drops what it built once no call is
+        left for it, then runs `then()` if given, while the others finish."""
+        workers = self.workers
         if setup:
             wanted = min(len(arguments), len(self.ready) + len(self.preparing))
             chosen, self.ready = self.ready[:wanted], self.ready[wanted:]
             for ref in list(self.preparing)[:wanted - len(chosen)]:  # builds queue behind
                 chosen.append(self.preparing.pop(ref))  # the release they are waiting on
-            idle, starting = [], {a.build.remote(*setup): a for a in chosen}
+            idle, starting = [], {workers.send(a, "build", *setup): a for a in chosen}
         else:
             idle, starting = self.ready, self.preparing
             self.ready, self.preparing = [], {}
         waiting = list(enumerate(arguments))[::-1]
-        pending: dict[Any, tuple[Any, int]] = {}  # result -> (actor, index of its arguments)
+        pending: dict[Any, tuple[Any, int]] = {}  # result -> (worker, index of its arguments)
         failures = [0] * len(arguments)
-        releasing: dict[Any, Any] = {}  # actors done with this map, dropping their object
+        releasing: dict[Any, Any] = {}  # workers done with this map, dropping their object
         finished = False
         try:
             while waiting or pending:
                 while waiting and idle:
                     actor, (index, args) = idle.pop(), waiting.pop()
-                    pending[submit(actor, *args)] = (actor, index)
+                    pending[workers.send(actor, op, *head, *args)] = (actor, index)
                 if not pending and not starting:
                     raise RuntimeError("every worker of the pool died")
-                done = ray.wait([*pending, *starting], num_returns=1)[0][0]
+                done = workers.wait([*pending, *starting])
                 if done in starting:
                     actor = starting.pop(done)
                     try:
-                        ray.get(done)
-                    except RayActorError:
+                        workers.result(done)
+                    except WorkerLost:
                         log.warning("a worker died while starting; a new one takes its place")
                         starting.update(self._replace(actor, setup))
                         continue
@@ -277,8 +323,8 @@ class _Pool:
                     continue
                 actor, index = pending.pop(done)
                 try:
-                    result = ray.get(done)
-                except RayActorError:
+                    result = workers.result(done)
+                except WorkerLost:
                     failures[index] += 1
                     if failures[index] > retries:
                         raise
@@ -286,12 +332,13 @@ class _Pool:
                                 failures[index], retries)
                     starting.update(self._replace(actor, setup))
                     waiting.append((index, arguments[index]))
-                    if setup:  # work again for the actors that dropped their object
-                        starting.update({a.build.remote(*setup): a for a in releasing.values()})
+                    if setup:  # work again for the workers that dropped their object
+                        starting.update({workers.send(a, "build", *setup): a
+                                         for a in releasing.values()})
                         releasing.clear()
                     continue
                 if setup and not waiting:
-                    releasing[actor.release.remote(then)] = actor
+                    releasing[workers.send(actor, "release", then)] = actor
                 else:
                     idle.append(actor)
                 yield index, result
@@ -299,12 +346,13 @@ class _Pool:
         finally:
             if finished:
                 if setup:  # replacements still building are done with this map too
-                    releasing.update({a.release.remote(then): a for a in starting.values()})
+                    releasing.update({workers.send(a, "release", then): a
+                                      for a in starting.values()})
                     starting = {}
                 self.ready += idle
                 self.preparing.update(starting)
                 self.preparing.update(releasing)
-            else:  # failed or abandoned: calls may still run on the actors
+            else:  # failed or abandoned: calls may still run on the workers
                 self.kill()
 
 
@@ -313,15 +361,22 @@ class _SharedPool:
         self.workers, self.address = workers, address
         self.pool: _Pool | None = None
 
+    def new_pool(self) -> _Pool:
+        """Local processes without an address; Ray actors on a cluster, or on a Ray of our
+        own (`LOCAL_RAY`)."""
+        return _Pool(self.workers, self.address, processes=self.address is None)
+
 
 _shared: _SharedPool | None = None
 
 
 @contextlib.contextmanager
 def worker_pool(workers: int, address: str | None = None) -> Iterator[None]:
-    """Within the block, `map_actors` and `map_tasks` share one pool of `workers` actors,
+    """Within the block, `map_actors` and `map_tasks` share one pool of `workers` workers,
     started at first use and killed at the end: a run's stages 1-7 and its dedup steps run in
-    the same warm processes, with no new worker to start between them."""
+    the same warm processes, with no new worker to start between them. Without `address` the
+    workers are local processes (`refine.processes`) and no Ray starts; with one, they are Ray
+    actors on that cluster (`LOCAL_RAY`: on a new local Ray)."""
     global _shared
     previous, _shared = _shared, _SharedPool(workers, address)
     try:
@@ -335,12 +390,12 @@ def worker_pool(workers: int, address: str | None = None) -> Iterator[None]:
 def _pool_for(workers: int | None, address: str | None, calls: int) -> tuple[_Pool, bool]:
     """The shared pool (see `worker_pool`), else a new one for `calls` calls; and whether it
     is new (to kill after use)."""
-    import ray
-
     if _shared is not None:
         if _shared.pool is None or not _shared.pool.actors:
-            _shared.pool = _Pool(_shared.workers, _shared.address)
+            _shared.pool = _shared.new_pool()
         return _shared.pool, False
+    import ray
+
     init_ray(address)
     cpus = ray.available_resources().get("CPU", 1.0)
     return _Pool(max(1, min(workers or int(max(1, cpus)), calls)), address), True
@@ -365,19 +420,19 @@ def map_tasks(fn: Callable[..., Any], arguments: list[tuple], workers: int,
     Used by the whole-run stages (dedup): each call reads its own shard or bucket files, so
     only small arguments and results (keys, ids, numbers) travel through Ray.
     """
-    import ray
-
     if not arguments:
         return []
     results: list[Any] = [None] * len(arguments)
     if _shared is not None:
         pool, _ = _pool_for(workers, address, len(arguments))
-        for count, (index, result) in enumerate(pool.map(
-                lambda actor, *args: actor.call.remote(fn, *args), arguments, TASK_RETRIES), 1):
+        for count, (index, result) in enumerate(pool.map("call", (fn,), arguments,
+                                                         TASK_RETRIES), 1):
             results[index] = result
             if on_done is not None:
                 on_done(count, len(arguments))
         return results
+    import ray
+
     init_ray(address)
     cpus = ray.cluster_resources().get("CPU", 1.0)
     remote = ray.remote(num_cpus=min(1.0, max(0.1, cpus / workers)),
@@ -411,16 +466,18 @@ def map_actors(actor_class: type, constructor_args: tuple, method: str, argument
     `then`: once no call is left for an actor, it drops its object and runs `then()` (to
     prepare the next step while the other actors finish; useful on the shared pool).
     """
-    import ray
-
     if not arguments:
         return
     pool, temporary = _pool_for(workers, address, len(arguments))
-    shared = [ray.put(arg) if isinstance(arg, bytes) and len(arg) > SHARED_BYTES else arg
-              for arg in constructor_args]
+    shared = list(constructor_args)
+    if not pool.processes:
+        import ray
+
+        shared = [ray.put(arg) if isinstance(arg, bytes) and len(arg) > SHARED_BYTES else arg
+                  for arg in shared]
     try:
-        for _, result in pool.map(lambda actor, *args: actor.run.remote(method, *args),
-                                  arguments, retries, setup=(actor_class, *shared), then=then):
+        for _, result in pool.map("run", (method,), arguments, retries,
+                                  setup=(actor_class, *shared), then=then):
             yield result
     finally:
         if temporary:

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from refine.lease import LEASE
@@ -150,6 +151,7 @@ def test_ctrl_c_says_how_to_resume(tmp_path):
     first = refine(*run_args(out), wait=False)
     wait_for(lambda: (out / LEASE).exists() or first.poll() is not None, 120, "the lease")
     time.sleep(3)
+    children = psutil.Process(first.pid).children(recursive=True)  # workers, extraction
     first.send_signal(signal.SIGINT)
     _, stderr = first.communicate(timeout=120)
     if first.returncode == 0:
@@ -157,6 +159,9 @@ def test_ctrl_c_says_how_to_resume(tmp_path):
     assert first.returncode == 130, stderr
     assert "--resume" in stderr and str(out) in stderr
     assert not (out / LEASE).exists()
+    assert children
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == []  # none left running
 
 
 @pytest.mark.slow

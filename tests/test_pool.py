@@ -1,6 +1,7 @@
 """`refine.dag.worker_pool`: a run's stages 1-7 (`map_actors`) and its dedup steps (`map_tasks`)
 run in the same warm processes; a worker with no call left drops its object and prepares the
-next step; a call whose worker died is redone, also once the other workers have moved on."""
+next step; a call whose worker died is redone, also once the other workers have moved on. Each
+on both backends: local processes (no address, no Ray) and Ray actors (a local Ray)."""
 
 import functools
 import os
@@ -52,8 +53,12 @@ def pids(marks: Path, kind: str) -> set[int]:
     return {int(p.name.split("-")[1]) for p in marks.glob(f"{kind}-*")}
 
 
-def test_stages_and_dedup_steps_share_warm_workers(tmp_path):
-    with dag.worker_pool(2):
+BACKENDS = pytest.mark.parametrize("address", [None, dag.LOCAL_RAY], ids=["processes", "ray"])
+
+
+@BACKENDS
+def test_stages_and_dedup_steps_share_warm_workers(tmp_path, address):
+    with dag.worker_pool(2, address):
         done = list(dag.map_actors(Held, (str(tmp_path),), "work",
                                    [(n, 0.05, False) for n in range(6)],
                                    then=functools.partial(prepare_next, str(tmp_path))))
@@ -64,12 +69,21 @@ def test_stages_and_dedup_steps_share_warm_workers(tmp_path):
     assert {pid for _, pid in squares} == actor_pids  # both, and no new worker process
     assert pids(tmp_path, "closed") == actor_pids  # each dropped its object...
     assert pids(tmp_path, "prepared") == actor_pids  # ...and prepared the next step
+    gone_within(actor_pids, 30)  # the pool ends with the block
 
 
-def test_a_call_whose_worker_died_after_the_others_moved_on_is_redone(tmp_path):
+def gone_within(pids_: set[int] | list[int], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while any(_alive(pid) for pid in pids_) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [pid for pid in pids_ if _alive(pid)] == []
+
+
+@BACKENDS
+def test_a_call_whose_worker_died_after_the_others_moved_on_is_redone(tmp_path, address):
     # calls 0 and 1 end first, so one worker has dropped its object when call 2's worker dies
     calls = [(0, 0.1, False), (1, 0.3, False), (2, 1.0, True)]
-    with dag.worker_pool(2):
+    with dag.worker_pool(2, address):
         done = list(dag.map_actors(Held, (str(tmp_path),), "work", calls, retries=1,
                                    then=functools.partial(prepare_next, str(tmp_path))))
         squares = dag.map_tasks(square_and_pid, [(n,) for n in range(4)], 2)
@@ -114,3 +128,74 @@ def test_a_local_ray_leaves_no_process_behind_at_exit():
     while any(_alive(pid) for pid in started) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert [pid for pid in started if _alive(pid)] == []
+
+
+def fail_on(n: int) -> int:
+    if n == 2:
+        raise ValueError(f"bad input {n}")
+    return n
+
+
+def test_an_error_in_a_local_worker_reaches_the_caller_with_its_traceback():
+    with dag.worker_pool(2):
+        with pytest.raises(ValueError, match="bad input 2") as raised:
+            dag.map_tasks(fail_on, [(n,) for n in range(4)], 2)
+        pool = dag._shared.pool
+        assert pool is not None and pool.actors == []  # a failed map kills the pool's workers
+        assert dag.map_tasks(fail_on, [(0,), (1,)], 2) == [0, 1]  # and a new one serves on
+    assert "in fail_on" in str(raised.value.__cause__)  # the worker's traceback
+
+
+def test_local_workers_die_with_a_killed_driver(tmp_path):
+    import json
+    import signal
+    import subprocess
+
+    script = ("import json, sys, time\n"
+              "from refine import dag\n"
+              "with dag.worker_pool(2):\n"
+              "    pids = dag.map_tasks(__import__('os').getpid, [(), ()], 2)\n"
+              "    print(json.dumps(pids), flush=True)\n"
+              "    time.sleep(600)\n")
+    driver = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        workers = json.loads(driver.stdout.readline())
+        assert len(workers) == 2 and driver.pid not in workers and all(map(_alive, workers))
+    finally:
+        driver.send_signal(signal.SIGKILL)  # no clean-up of its own: the workers must go
+        driver.wait()
+    gone_within(workers, 10)
+
+
+def test_a_local_run_starts_no_ray(tmp_path):
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    warc = sorted((root / "tests" / "data" / "warc").glob("*.gz"))[0]
+    script = ("import sys\n"
+              "from refine.config import load_config\n"
+              "from refine.run import run\n"
+              f"result = run(load_config({str(root / 'configs' / 'demo.yaml')!r}), "
+              f"[{str(warc)!r}], {str(tmp_path / 'run')!r}, workers=2)\n"
+              "assert result.stats['accounting_ok'] and result.stats['documents']['kept'] > 0\n"
+              "print('ray' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=root, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False"
+
+
+def die_once(marks: str, n: int) -> int:
+    died = Path(marks) / f"task-died-{n}"
+    if n == 1 and not died.exists():
+        died.touch()
+        os._exit(3)
+    return n
+
+
+@BACKENDS
+def test_a_step_whose_worker_died_is_redone_on_a_new_worker(tmp_path, address):
+    with dag.worker_pool(2, address):
+        assert dag.map_tasks(die_once, [(str(tmp_path), n) for n in range(4)], 2) == [0, 1, 2, 3]
+        assert (tmp_path / "task-died-1").exists()
+        assert len(dag._shared.pool.actors) == 2  # the dead one replaced
