@@ -71,9 +71,11 @@ def is_remote(location: str) -> bool:
 
 
 class TreeCpu:
-    """CPU seconds of this process and all its descendants (Ray's GCS, raylet, workers, the
-    extraction children) from `start` to `stop`: each process's CPU time, sampled every
-    `period_s` (a process that exits between samples loses at most that much)."""
+    """CPU seconds of this process and all its descendants (the workers, their extraction
+    children; Ray's GCS, raylet and workers where Ray is used) from `start` to `stop`: each
+    process's CPU time, sampled every `period_s` (a process that exits between samples loses at
+    most that much). The sampling thread's own CPU is left out: it is the bench's, not the
+    run's."""
 
     def __init__(self, period_s: float = 0.25) -> None:
         import threading
@@ -83,6 +85,7 @@ class TreeCpu:
         self.psutil, self.me = psutil, psutil.Process()
         self.period_s, self.done = period_s, threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
+        self.sampler_cpu = 0.0
         self.base = self._snapshot()
         self.seen = dict(self.base)
 
@@ -99,6 +102,7 @@ class TreeCpu:
     def _run(self) -> None:
         while not self.done.wait(self.period_s):
             self.seen.update(self._snapshot())
+        self.sampler_cpu = time.thread_time()
 
     def start(self) -> TreeCpu:
         self.thread.start()
@@ -108,7 +112,8 @@ class TreeCpu:
         self.done.set()
         self.thread.join()
         self.seen.update(self._snapshot())
-        return sum(cpu - self.base.get(pid, 0.0) for pid, cpu in self.seen.items())
+        total = sum(cpu - self.base.get(pid, 0.0) for pid, cpu in self.seen.items())
+        return total - self.sampler_cpu
 
 
 def measure(config: Any, inputs: list[str], output: str | Path, label: str, workers: int,

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from refine import LOG_FORMAT
 from refine.atomic_file import write_json_atomic as write_json  # noqa: F401 (re-export)
 from refine.documents import (  # noqa: F401 (re-export)
     Location,
@@ -37,7 +38,7 @@ RUN_MANIFEST = "manifest.json"
 def setup_logging(verbose: bool = True) -> None:
     """Log lines like refine's CLI: `INFO pretrain.encode: ...` on stderr."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+                        format=LOG_FORMAT)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -33,6 +33,7 @@ from torch import Tensor
 from pretrain.codec import LosslessTokenizer
 from pretrain.inference import add_model_arguments, load_model
 from pretrain.model import CausalLM, KVCache, PaddedKVCache
+from refine import LOG_FORMAT
 
 log = logging.getLogger("pretrain.generate")
 
@@ -277,7 +278,7 @@ def read_prompt(prompt: str | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
     try:
         prompt = read_prompt(args.prompt)
         loaded = load_model(args.model, args.tokenizer, args.tag, args.device, args.dtype)

@@ -66,6 +66,7 @@ from pretrain.generate import (
 )
 from pretrain.inference import add_model_arguments, load_model
 from pretrain.model import CausalLM
+from refine import LOG_FORMAT
 
 log = logging.getLogger("pretrain.serve")
 
@@ -377,7 +378,7 @@ def _interrupt(signum, frame) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
     try:  # refuse a bad MODEL here, with a message, before Ray starts
         loaded = load_model(args.model, args.tokenizer, args.tag, "cpu", args.dtype)
     except ValueError as error:  # ModelError too

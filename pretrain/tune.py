@@ -58,6 +58,7 @@ from pretrain.config import ConfigError
 from pretrain.export import CONFIG_FILE, model_config_from_hf
 from pretrain.files import write_json
 from pretrain.finetune_data import READERS
+from refine import LOG_FORMAT
 
 log = logging.getLogger("pretrain.tune")
 
@@ -414,7 +415,7 @@ class TuneError(RuntimeError):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     try:
         tune_run(args)
     except ConfigError as error:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from refine import __version__
+from refine import LOG_FORMAT, __version__
 
 DESCRIPTION = """\
 A RefinedWeb-style web-corpus refinery: WARC (or WET, JSONL, Parquet) in, filtered Parquet out,
@@ -319,7 +319,7 @@ def _command_classifier(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     from refine.configfile import ConfigError
     from refine.run import RunError
 

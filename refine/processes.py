@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import logging
 import os
 import pickle
 import signal
@@ -25,6 +26,8 @@ import weakref
 from collections import deque
 from multiprocessing.connection import Connection, wait
 from typing import Any
+
+from refine import LOG_FORMAT
 
 PR_SET_PDEATHSIG = 1  # prctl(2)
 SINGLE_THREADED = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -51,11 +54,23 @@ def _die_with(parent_pid: int) -> None:
         os._exit(1)
 
 
+class WithoutPandas:
+    """An import finder that refuses pandas. No worker uses pandas, but pyarrow imports it (0.3 s
+    of CPU, some 300 modules) at its first conversion of a Python object, only to check
+    whether the object is a pandas one; refused, pyarrow goes on as without pandas."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name == "pandas":
+            raise ModuleNotFoundError("refine's worker processes do not load pandas", name=name)
+
+
 def serve(fd: int, parent_pid: int) -> None:
     """A worker's life: answer the driver's operations on the socket `fd` until it closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C and ends us
     _die_with(parent_pid)
     os.set_inheritable(fd, False)  # nothing this worker starts holds the driver's socket
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)  # to the driver's stderr
+    sys.meta_path.insert(0, WithoutPandas())
     conn = Connection(fd)
     from refine.dag import PoolWorker
 

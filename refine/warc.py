@@ -18,7 +18,9 @@ import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+from isal import isal_zlib  # ISA-L's inflate: the same output as zlib's, in about half the CPU
 
 GZIP_MAGIC = b"\x1f\x8b\x08"
 READ_CHUNK = 1 << 20
@@ -129,6 +131,7 @@ def _records_in(data: bytes, offset: int, complete: bool) -> Iterator[WarcRecord
 
 
 READ_OUT = 1 << 20
+INFLATE_ERRORS = (zlib.error, isal_zlib.error)  # ISA-L's is not zlib's
 
 
 class _Member:
@@ -138,8 +141,8 @@ class _Member:
     end), so a decompression bomb costs CPU, not memory.
     """
 
-    def __init__(self, stream: BinaryIO, pending: bytes, max_bytes: int):
-        decomp = zlib.decompressobj(31)
+    def __init__(self, stream: BinaryIO, pending: bytes, max_bytes: int, inflate: Any):
+        decomp = inflate.decompressobj(31)
         out: list[bytes] = []
         size = consumed = 0
         data, exhausted = pending, False
@@ -161,6 +164,24 @@ class _Member:
         self.data = b"".join(out)
         self.rest = data
         self.length = consumed
+
+
+def _read_member(stream: BinaryIO, pending: bytes, position: int, max_bytes: int,
+                 ) -> _Member | None:
+    """The member at `position` (`pending`: its first bytes, read already); None if corrupt.
+    ISA-L reads it; one that is corrupt or cut short is read again by zlib, so its partial
+    output is byte for byte what zlib gives (ISA-L may hold back a cut stream's last bytes)."""
+    try:
+        member = _Member(stream, pending, max_bytes, isal_zlib)
+        if member.eof:
+            return member
+    except INFLATE_ERRORS:
+        pass
+    stream.seek(position)
+    try:
+        return _Member(stream, stream.read(READ_CHUNK), max_bytes, zlib)
+    except zlib.error:
+        return None
 
 
 def find_member_start(stream: BinaryIO, position: int, end: int | None = None) -> int | None:
@@ -200,10 +221,7 @@ def iter_gzip_records(
             pending = stream.read(READ_CHUNK)
             if not pending:
                 return
-        try:
-            member = _Member(stream, pending, max_record_bytes)
-        except zlib.error:
-            member = None
+        member = _read_member(stream, pending, position, max_record_bytes)
         if member is None or (member.length == 0 and not member.eof):
             yield WarcRecord(position, {}, b"", "corrupt_record")
             nxt = find_member_start(stream, position + 1, end)

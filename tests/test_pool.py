@@ -199,3 +199,38 @@ def test_a_step_whose_worker_died_is_redone_on_a_new_worker(tmp_path, address):
         assert dag.map_tasks(die_once, [(str(tmp_path), n) for n in range(4)], 2) == [0, 1, 2, 3]
         assert (tmp_path / "task-died-1").exists()
         assert len(dag._shared.pool.actors) == 2  # the dead one replaced
+
+
+def test_a_local_workers_log_lines_reach_the_drivers_stderr():
+    import subprocess
+
+    script = ("import logging\n"
+              "from refine import dag\n"
+              "with dag.worker_pool(1):\n"
+              "    warn = logging.getLogger('refine.somewhere').warning\n"
+              "    dag.map_tasks(warn, [('odd page',)], 1)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "WARNING refine.somewhere: odd page" in done.stderr
+
+
+def loaded(module: str) -> bool:
+    return module in sys.modules
+
+
+def test_local_workers_refine_a_unit_without_loading_pandas(tmp_path):
+    from refine.config import load_config
+    from refine.readers import plan_units
+    from refine.rundir import RunDir
+
+    root = Path(__file__).resolve().parent.parent
+    warc = sorted((root / "tests" / "data" / "warc").glob("*.gz"))[0]
+    config = load_config(root / "configs" / "refinedweb.yaml")
+    units = plan_units([(str(warc), warc.stat().st_size)], config.read.chunk_bytes)
+    run_dir = RunDir(tmp_path / "run")
+    with dag.worker_pool(1):
+        summaries = list(dag.process_units(units, config.model_dump_json(), run_dir.url(), 1))
+        assert dag.map_tasks(loaded, [("pandas",), ("pyarrow",)], 1) == [False, True]
+    assert sum(s["kept"] for s in summaries) > 0  # pyarrow wrote the shards without it
+    assert list((tmp_path / "run" / "filtered").glob("*.parquet"))

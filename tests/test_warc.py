@@ -47,6 +47,23 @@ def test_truncated_record_is_flagged_not_passed_on_as_whole():
     assert records[0].headers["warc-type"] == "response"
 
 
+@pytest.mark.parametrize("cut", [0.3, 0.6, 0.95])
+def test_a_member_cut_short_gives_zlibs_partial_block_byte_for_byte(cut):
+    # ISA-L, which reads whole members, may hold back the last bytes of a cut stream: such a
+    # member is read again by zlib, so a truncated record's block is what it was before ISA-L
+    raw = members(SAMPLE)
+    last = max(range(len(raw)), key=lambda i: len(raw[i]))  # a large response member
+    cut_member = raw[last][: int(len(raw[last]) * cut)]
+    data = b"".join(raw[:last]) + cut_member
+    with io.BytesIO(data) as f:
+        records = list(iter_records(f))
+    partial = zlib.decompressobj(31).decompress(cut_member)
+    block = partial[partial.index(b"\r\n\r\n") + 4:]  # after the WARC headers
+    assert records[-1].problem == "truncated_record"
+    assert records[-1].block == block and len(block) > 0
+    assert [r.problem for r in records[:-1]] == [None] * last
+
+
 def test_corrupt_member_in_the_middle_costs_only_that_record(tmp_path):
     raw = members(REAL)
     broken = bytearray(raw[3])

@@ -11,6 +11,7 @@ import logging
 import sys
 
 from pretrain.ablate import AblationError, ablate
+from refine import LOG_FORMAT
 
 EPILOG = """\
 examples:
@@ -64,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     from refine.config import load_config
     from refine.configfile import ConfigError
     from refine.report.ablation import markdown_table

@@ -22,6 +22,7 @@ from torch import Tensor
 from pretrain.config import ConfigError, TrainingConfig
 from pretrain.host_memory import keep_freed_memory
 from pretrain.training.loop import param_groups
+from refine import LOG_FORMAT
 
 
 def deepspeed_config(path: Path, training: TrainingConfig, world_size: int,
@@ -78,7 +79,7 @@ def quiet_deepspeed() -> None:
 def log_from_rank_zero(rank: int, *quiet: logging.Logger) -> None:
     """INFO logs on rank 0; on the other ranks the `quiet` loggers only warn."""
     if rank == 0:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s",
+        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT,
                             force=True)
         return
     for logger in quiet:
