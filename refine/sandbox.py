@@ -1,8 +1,9 @@
 """Run extraction in a child process so a slow or crashing page cannot take a worker down.
 
 The child is spawned once per worker and reused; a page that exceeds the time limit gets the
-child killed and a fresh one started. Each answer carries the child's CPU seconds for that page,
-so the worker can account extraction CPU exactly.
+child killed and a fresh one started. Each answer carries the child's CPU seconds since its last
+answer (the first: since it started), so the worker accounts all of the child's CPU to
+extraction: the page's extraction, and reading the page from the worker and answering it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def _serve(conn: Connection, config: dict[str, Any]) -> None:
     # its CPU is billed to the first page, so all extraction CPU is still accounted
     extract_text("<html><body><p>warm-up</p></body></html>", cfg)
     conn.send("warm")  # a page's time limit starts after this, never during the imports
-    unbilled = time.process_time()
+    billed = 0.0  # each answer bills all CPU since the last: the imports, reading the page
     while True:
         try:
             html = conn.recv()
@@ -33,14 +34,14 @@ def _serve(conn: Connection, config: dict[str, Any]) -> None:
             return
         if html is None:
             return
-        started = time.process_time()
         try:
             text, error = extract_text(html, cfg), None
         except Exception as exc:  # noqa: BLE001 - any extractor failure becomes a rejection
             text, error = "", f"{type(exc).__name__}: {exc}"[:200]
         peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        conn.send((text, error, time.process_time() - started + unbilled, peak_kb))
-        unbilled = 0.0
+        now = time.process_time()
+        conn.send((text, error, now - billed, peak_kb))
+        billed = now  # sending this answer is billed to the next page
 
 
 class ExtractionSandbox:

@@ -133,6 +133,22 @@ def test_sandbox_reports_crash_and_error_and_recovers():
         sandbox.close()
 
 
+def test_every_cpu_second_of_the_extraction_child_is_billed_to_extraction():
+    import psutil
+
+    sandbox = ExtractionSandbox({"timeout_s": 30}, timeout_s=30)
+    try:
+        _, html = gold_page()
+        billed = [sandbox.extract(html.decode())[2] for _ in range(5)]
+        times = psutil.Process(sandbox.process.pid).cpu_times()
+        used = times.user + times.system  # clock ticks: 10 ms each
+        assert billed[0] > billed[1]  # the first page carries the child's imports
+        assert sandbox.child_cpu_s == pytest.approx(sum(billed))
+        assert used - 0.03 <= sandbox.child_cpu_s <= used + 0.03
+    finally:
+        sandbox.close()
+
+
 @pytest.mark.parametrize("bad,key", [
     ({"quality": {"min_words": -1}}, "quality.min_words"),
     ({"language": {"min_score": 2}}, "language.min_score"),
