@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from refine.processes import WorkerLost
+from refine.processes import LocalWorkers, WorkerLost
 from refine.readers import Unit
 
 log = logging.getLogger(__name__)
@@ -257,8 +257,6 @@ class _Pool:
     def __init__(self, size: int, address: str | None, processes: bool = False):
         self.processes = processes
         if processes:
-            from refine.processes import LocalWorkers
-
             self.workers: Any = LocalWorkers()
         else:
             self.workers = _RayWorkers(size, address)
