@@ -249,17 +249,21 @@ class _RayWorkers:
 
         ray.kill(worker)
 
+    def share(self, args: tuple) -> list[Any]:
+        """`args` for every worker: a large bytes one (a model, say) goes once to Ray's object
+        store, however many actors take it."""
+        import ray
+
+        return [ray.put(arg) if isinstance(arg, bytes) and len(arg) > SHARED_BYTES else arg
+                for arg in args]
+
 
 class _Pool:
     """Workers (`PoolWorker`s: Ray actors, or local processes when there is no address) and
     the scheduling of calls over them (see `map_actors`)."""
 
-    def __init__(self, size: int, address: str | None, processes: bool = False):
-        self.processes = processes
-        if processes:
-            self.workers: Any = LocalWorkers()
-        else:
-            self.workers = _RayWorkers(size, address)
+    def __init__(self, size: int, workers: LocalWorkers | _RayWorkers):
+        self.workers = workers
         self.ready = [self.workers.start() for _ in range(size)]  # calls queue until up
         self.preparing: dict[Any, Any] = {}  # build or release call -> its worker
         self.actors = list(self.ready)
@@ -362,7 +366,9 @@ class _SharedPool:
     def new_pool(self) -> _Pool:
         """Local processes without an address; Ray actors on a cluster, or on a Ray of our
         own (`LOCAL_RAY`)."""
-        return _Pool(self.workers, self.address, processes=self.address is None)
+        if self.address is None:
+            return _Pool(self.workers, LocalWorkers())
+        return _Pool(self.workers, _RayWorkers(self.workers, self.address))
 
 
 _shared: _SharedPool | None = None
@@ -396,7 +402,8 @@ def _pool_for(workers: int | None, address: str | None, calls: int) -> tuple[_Po
 
     init_ray(address)
     cpus = ray.available_resources().get("CPU", 1.0)
-    return _Pool(max(1, min(workers or int(max(1, cpus)), calls)), address), True
+    size = max(1, min(workers or int(max(1, cpus)), calls))
+    return _Pool(size, _RayWorkers(size, address)), True
 
 
 def process_units(units: list[Unit], config_json: str, run_dir: str, workers: int,
@@ -455,8 +462,8 @@ def map_actors(actor_class: type, constructor_args: tuple, method: str, argument
     """`<method>(*args)` for each tuple on `actor_class(*constructor_args)` objects, one built
     in each actor of a pool (`workers` of them, default one per available CPU, never more
     than the calls; inside `worker_pool`, the shared pool); yields the results as they
-    finish, in that order. A large constructor argument (bytes: a model, say) is stored once
-    in Ray's object store, however many actors share it. For work whose actors hold state
+    finish, in that order. On Ray, a large constructor argument (bytes: a model, say) is
+    stored once in the object store, however many actors share it. For work whose actors hold state
     worth building once: stages 1-7 (`process_units`), token encoding.
     `retries`: a call whose actor died (its process or its node) is given to another actor, up
     to that many times (the calls must be safe to redo); a new actor replaces the dead one and
@@ -467,12 +474,7 @@ def map_actors(actor_class: type, constructor_args: tuple, method: str, argument
     if not arguments:
         return
     pool, temporary = _pool_for(workers, address, len(arguments))
-    shared = list(constructor_args)
-    if not pool.processes:
-        import ray
-
-        shared = [ray.put(arg) if isinstance(arg, bytes) and len(arg) > SHARED_BYTES else arg
-                  for arg in shared]
+    shared = pool.workers.share(constructor_args)
     try:
         for _, result in pool.map("run", (method,), arguments, retries,
                                   setup=(actor_class, *shared), then=then):

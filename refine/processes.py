@@ -235,3 +235,7 @@ class LocalWorkers:
 
     def kill(self, worker: Worker) -> None:
         worker.stop(grace_s=None)  # idle ones exit in a few ms; `_stop_all` waits at exit
+
+    def share(self, args: tuple) -> list[Any]:
+        """`args` for every worker, as they are (each worker gets its own pickled copy)."""
+        return list(args)

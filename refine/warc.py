@@ -131,7 +131,6 @@ def _records_in(data: bytes, offset: int, complete: bool) -> Iterator[WarcRecord
 
 
 READ_OUT = 1 << 20
-INFLATE_ERRORS = (zlib.error, isal_zlib.error)  # ISA-L's is not zlib's
 
 
 class _Member:
@@ -175,7 +174,7 @@ def _read_member(stream: BinaryIO, pending: bytes, position: int, max_bytes: int
         member = _Member(stream, pending, max_bytes, isal_zlib)
         if member.eof:
             return member
-    except INFLATE_ERRORS:
+    except isal_zlib.error:  # not a zlib.error
         pass
     stream.seek(position)
     try:

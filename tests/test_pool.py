@@ -5,6 +5,7 @@ on both backends: local processes (no address, no Ray) and Ray actors (a local R
 
 import functools
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -12,6 +13,10 @@ from pathlib import Path
 import pytest
 
 from refine import dag
+
+from .conftest import DATA, ROOT
+
+WARC = sorted((DATA / "warc").glob("*.gz"))[0]
 
 
 @pytest.fixture(autouse=True)
@@ -96,10 +101,7 @@ def test_without_a_shared_pool_the_workers_end_with_the_call(tmp_path):
     done = list(dag.map_actors(Held, (str(tmp_path),), "work",
                                [(n, 0.0, False) for n in range(3)], workers=2))
     assert sorted(n for n, _ in done) == [0, 1, 2]
-    deadline = time.monotonic() + 30
-    while any(_alive(pid) for _, pid in done) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not any(_alive(pid) for _, pid in done)
+    gone_within([pid for _, pid in done], 30)
 
 
 def _alive(pid: int) -> bool:
@@ -111,23 +113,25 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def run_python(script: str, timeout: float) -> subprocess.CompletedProcess:
+    """`script` in a new interpreter (in the repository), which must succeed."""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=ROOT, timeout=timeout)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 def test_a_local_ray_leaves_no_process_behind_at_exit():
     import json
-    import subprocess
 
-    script = ("import json, psutil\n"
-              "from refine.dag import init_ray\n"
-              "init_ray(None)\n"
-              "print(json.dumps([p.pid for p in psutil.Process().children(recursive=True)]))\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr
+    done = run_python("import json, psutil\n"
+                      "from refine.dag import init_ray\n"
+                      "init_ray(None)\n"
+                      "print(json.dumps([p.pid for p in psutil.Process().children("
+                      "recursive=True)]))\n", timeout=120)
     started = json.loads(done.stdout.strip().splitlines()[-1])
     assert len(started) >= 3  # the GCS, the raylet, the monitor and the rest
-    deadline = time.monotonic() + 10
-    while any(_alive(pid) for pid in started) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert [pid for pid in started if _alive(pid)] == []
+    gone_within(started, 10)
 
 
 def fail_on(n: int) -> int:
@@ -149,7 +153,6 @@ def test_an_error_in_a_local_worker_reaches_the_caller_with_its_traceback():
 def test_local_workers_die_with_a_killed_driver(tmp_path):
     import json
     import signal
-    import subprocess
 
     script = ("import json, sys, time\n"
               "from refine import dag\n"
@@ -168,20 +171,14 @@ def test_local_workers_die_with_a_killed_driver(tmp_path):
 
 
 def test_a_local_run_starts_no_ray(tmp_path):
-    import subprocess
-
-    root = Path(__file__).resolve().parent.parent
-    warc = sorted((root / "tests" / "data" / "warc").glob("*.gz"))[0]
-    script = ("import sys\n"
-              "from refine.config import load_config\n"
-              "from refine.run import run\n"
-              f"result = run(load_config({str(root / 'configs' / 'demo.yaml')!r}), "
-              f"[{str(warc)!r}], {str(tmp_path / 'run')!r}, workers=2)\n"
-              "assert result.stats['accounting_ok'] and result.stats['documents']['kept'] > 0\n"
-              "print('ray' in sys.modules)\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          cwd=root, timeout=300)
-    assert done.returncode == 0, done.stderr
+    done = run_python("import sys\n"
+                      "from refine.config import load_config\n"
+                      "from refine.run import run\n"
+                      f"result = run(load_config({str(ROOT / 'configs' / 'demo.yaml')!r}), "
+                      f"[{str(WARC)!r}], {str(tmp_path / 'run')!r}, workers=2)\n"
+                      "assert result.stats['accounting_ok']\n"
+                      "assert result.stats['documents']['kept'] > 0\n"
+                      "print('ray' in sys.modules)\n", timeout=300)
     assert done.stdout.strip().splitlines()[-1] == "False"
 
 
@@ -202,16 +199,11 @@ def test_a_step_whose_worker_died_is_redone_on_a_new_worker(tmp_path, address):
 
 
 def test_a_local_workers_log_lines_reach_the_drivers_stderr():
-    import subprocess
-
-    script = ("import logging\n"
-              "from refine import dag\n"
-              "with dag.worker_pool(1):\n"
-              "    warn = logging.getLogger('refine.somewhere').warning\n"
-              "    dag.map_tasks(warn, [('odd page',)], 1)\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=60)
-    assert done.returncode == 0, done.stderr
+    done = run_python("import logging\n"
+                      "from refine import dag\n"
+                      "with dag.worker_pool(1):\n"
+                      "    warn = logging.getLogger('refine.somewhere').warning\n"
+                      "    dag.map_tasks(warn, [('odd page',)], 1)\n", timeout=60)
     assert "WARNING refine.somewhere: odd page" in done.stderr
 
 
@@ -224,10 +216,8 @@ def test_local_workers_refine_a_unit_without_loading_pandas(tmp_path):
     from refine.readers import plan_units
     from refine.rundir import RunDir
 
-    root = Path(__file__).resolve().parent.parent
-    warc = sorted((root / "tests" / "data" / "warc").glob("*.gz"))[0]
-    config = load_config(root / "configs" / "refinedweb.yaml")
-    units = plan_units([(str(warc), warc.stat().st_size)], config.read.chunk_bytes)
+    config = load_config(ROOT / "configs" / "refinedweb.yaml")
+    units = plan_units([(str(WARC), WARC.stat().st_size)], config.read.chunk_bytes)
     run_dir = RunDir(tmp_path / "run")
     with dag.worker_pool(1):
         summaries = list(dag.process_units(units, config.model_dump_json(), run_dir.url(), 1))
