@@ -78,32 +78,14 @@ bench: setup
 	$(PY) bench/report.py
 	$(PY) bench/scaling.py
 
-# Wheels that bench/gpu_check.sh installs on a GPU machine that has CPython 3.11 and torch but
-# none of our other dependencies: what pretrain.train/export, DeepSpeed and transformers import
-# (not pyarrow or sentencepiece: training does not import them), less torch and its own
-# dependencies (filelock, fsspec, jinja2, networkx, sympy, ...), at the
-# lock's versions, hash-checked; DeepSpeed is an sdist on PyPI, built here into a
-# py3-none-any wheel (no ops compiled; pretrain.train uses torch's AdamW).
-GPU_BUNDLE      := build/gpu-bundle
-GPU_BUNDLE_PKGS := annotated-doc annotated-types anyio click einops h11 hf-xet hjson httpcore2 \
-	httpx2 huggingface-hub idna kernels markdown-it-py mdurl msgpack ninja numpy packaging psutil \
-	py-cpuinfo pydantic pydantic-core pygments pyyaml regex rich safetensors shellingham \
-	tokenizers tomlkit tqdm transformers truststore typer typing-inspection
+# Wheels that bench/gpu_check.sh installs on a GPU machine that has torch but lacks some of our
+# other dependencies (bench/gpu_bundle.py says which), for that machine's Python: GPU_PYTHON,
+# by default the lent H100/H200 image's.
+GPU_BUNDLE ?= build/gpu-bundle
+GPU_PYTHON ?= 3.12
 
 gpu-bundle: setup
-	rm -rf $(GPU_BUNDLE) && mkdir -p $(GPU_BUNDLE)
-	for pkg in $(GPU_BUNDLE_PKGS); do \
-		awk -v pkg="$$pkg" 'BEGIN { IGNORECASE = 1 } \
-			/^[^ #]/ { keep = (index(tolower($$0), tolower(pkg) "==") == 1) } keep' $(LOCK); \
-	done > $(GPU_BUNDLE)/requirements.txt
-	$(PY) -m pip download --quiet --no-deps --require-hashes --only-binary=:all: \
-		--python-version 3.11 --implementation cp --abi cp311 \
-		--platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
-		-r $(GPU_BUNDLE)/requirements.txt -d $(GPU_BUNDLE)
-	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation -w $(GPU_BUNDLE) \
-		$$(grep -o '^deepspeed==[^ ]*' $(LOCK))
-	rm $(GPU_BUNDLE)/requirements.txt
-	@ls $(GPU_BUNDLE) | wc -l | xargs echo "wheels in $(GPU_BUNDLE):"; du -sh $(GPU_BUNDLE)
+	$(PY) bench/gpu_bundle.py --python $(GPU_PYTHON) --out $(GPU_BUNDLE)
 
 lint: setup
 	$(VENV)/bin/ruff check refine pretrain tests bench

@@ -1,36 +1,67 @@
 #!/usr/bin/env bash
-# GPU smoke check of pretraining (issue #19), for a machine that has Python 3.11 and torch
-# (CUDA) but none of this project's other dependencies.
+# GPU smoke check of pretraining (issue #19), for a machine that has torch (CUDA) and numpy but
+# perhaps none of this project's other dependencies, and no network.
 #
 #   make gpu-bundle                      # here (CPU, online): wheels into build/gpu-bundle/
 #   bash bench/gpu_check.sh              # there, from a copy of the repo with build/gpu-bundle
 #
-# It installs the bundle's wheels into a temporary directory on PYTHONPATH (nothing goes into
-# site-packages, no network), makes synthetic tokens (pretrain.dataset.write_synthetic_tokens,
-# 32,000-token vocabulary), trains configs/pretrain/125m.yaml on one GPU in bf16 with
+# It asks the machine's pip which of the bundle's requirements (build/gpu-bundle/
+# requirements.txt: deepspeed, pydantic, transformers, ... with pyproject.toml's ranges) its
+# Python lacks, installs only those wheels into a temporary directory on PYTHONPATH (nothing goes
+# into site-packages), makes synthetic tokens (pretrain.dataset.write_synthetic_tokens, 32,000-
+# token vocabulary), trains configs/pretrain/125m.yaml on one GPU in bf16 with
 # configs/deepspeed/gpu/zero2.json and --compile for 30 steps (warmup 10, no evaluation until
 # the last step, one checkpoint at the end), exports the checkpoint's fp32 master weights
 # (pretrain.export) and compares the logits of the export loaded by transformers in bf16 with
 # the training model's (pretrain.model.CausalLM, bf16) on a validation batch. Prints one JSON
-# line: tokens/s and MFU (steps 2-30: step 1 includes compiling, reported as compile_s), peak
-# GPU memory, compile seconds, first and last training loss, the logits' max |difference|.
+# line: tokens/s and MFU (steps 2-N: step 1 includes compiling, reported as compile_s), peak
+# GPU memory, compile seconds, first and last training loss, the logits' max |difference|, and
+# which wheels it installed.
 # Everything it writes (wheels, tokens, checkpoint, torch.compile/Triton caches, DeepSpeed
 # extensions, bytecode) lies in one temporary directory, removed on exit, also on failure.
-# Budget: 8 minutes in all (GPU_CHECK_BUDGET_S, default 470 s): each stage runs under
-# `timeout` with what is left of it, and a stage that runs out fails the check (exit 124).
+# Budget: 8 minutes in all (--budget, default 470 s): each stage runs under `timeout` with what
+# is left of it, and a stage that runs out fails the check (exit 124).
 #
-# GPU_CHECK_CPU=1 runs the same on CPU with configs/pretrain/tiny.yaml and
-# configs/deepspeed/zero2.json for 3 steps, eager, fp32 training (the CPU accelerator's "auto"),
-# a 3,000-token vocabulary: the test of this script on a machine without a GPU.
-# PYTHON (default python3) is the interpreter with torch; GPU_BUNDLE (default
-# build/gpu-bundle) the wheel directory.
+# Options:
+#   --device cuda|cpu  cuda (default) as above; cpu: configs/pretrain/tiny.yaml with
+#                      configs/deepspeed/zero2.json, eager, fp32 (the CPU accelerator's "auto"),
+#                      a 3,000-token vocabulary, 3 steps: this script's test without a GPU
+#   --steps N          training steps (default 30 on cuda, 3 on cpu)
+#   --budget S         seconds for the whole check (default 470)
+#   --python PY        the interpreter with torch (default python3)
+#   --bundle DIR       the wheel directory (default build/gpu-bundle)
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BUNDLE=${GPU_BUNDLE:-$REPO/build/gpu-bundle}
-PY=${PYTHON:-python3}
+DEVICE=cuda STEPS="" BUDGET=470 PY=python3 BUNDLE=$REPO/build/gpu-bundle
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'; }
+while [ $# -gt 0 ]; do
+    case $1 in
+        --device) DEVICE=${2:-} ;;
+        --steps) STEPS=${2:-} ;;
+        --budget) BUDGET=${2:-} ;;
+        --python) PY=${2:-} ;;
+        --bundle) BUNDLE=${2:-} ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "gpu_check: unknown argument: $1 (see --help)" >&2; exit 2 ;;
+    esac
+    [ $# -ge 2 ] || { echo "gpu_check: $1 needs a value (see --help)" >&2; exit 2; }
+    shift 2
+done
+case $DEVICE in
+    cuda) CONFIG=configs/pretrain/125m.yaml DS=configs/deepspeed/gpu/zero2.json VOCAB=32000
+          EXTRA=(--compile) STEPS=${STEPS:-30} ;;
+    cpu) CONFIG=configs/pretrain/tiny.yaml DS=configs/deepspeed/zero2.json VOCAB=3000
+         EXTRA=(--no-compile --micro_batch_size 4 --grad_accum 2) STEPS=${STEPS:-3}
+         export DS_ACCELERATOR=cpu OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} ;;
+    *) echo "gpu_check: --device: '$DEVICE' is not cuda or cpu" >&2; exit 2 ;;
+esac
+for value in "--steps $STEPS" "--budget $BUDGET"; do
+    [[ ${value#* } =~ ^[1-9][0-9]*$ ]] || {
+        echo "gpu_check: ${value% *}: '${value#* }' is not a positive whole number" >&2; exit 2; }
+done
 START=$(date +%s)
-DEADLINE=$((START + ${GPU_CHECK_BUDGET_S:-470}))
+DEADLINE=$((START + BUDGET))
 
 # stage NAME COMMAND...: COMMAND under the time left; on failure say which stage, and exit
 stage() {
@@ -57,15 +88,6 @@ cleanup() { rm -rf "$WORK"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-if [ "${GPU_CHECK_CPU:-0}" = 1 ]; then
-    CONFIG=configs/pretrain/tiny.yaml DS=configs/deepspeed/zero2.json STEPS=3 VOCAB=3000
-    EXTRA=(--no-compile --micro_batch_size 4 --grad_accum 2)
-    export DS_ACCELERATOR=cpu OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-else
-    CONFIG=configs/pretrain/125m.yaml DS=configs/deepspeed/gpu/zero2.json STEPS=30 VOCAB=32000
-    EXTRA=(--compile)
-fi
-
 # every cache and scratch file of this run inside WORK
 export TORCHINDUCTOR_CACHE_DIR=$WORK/cache/inductor TRITON_CACHE_DIR=$WORK/cache/triton \
     TRITON_HOME=$WORK/cache/triton-home TORCH_EXTENSIONS_DIR=$WORK/cache/torch_extensions \
@@ -74,17 +96,35 @@ export TORCHINDUCTOR_CACHE_DIR=$WORK/cache/inductor TRITON_CACHE_DIR=$WORK/cache
     PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_CONFIG_FILE=/dev/null
 mkdir -p "$WORK/tmp"
 
-shopt -s nullglob
-wheels=("$BUNDLE"/*.whl)
-if [ ${#wheels[@]} -eq 0 ]; then
-    echo "gpu_check: no wheels in $BUNDLE: run \`make gpu-bundle\` on a machine with internet" >&2
-    exit 2
-fi
-"$PY" -c 'import sys, torch; assert sys.version_info[:2] == (3, 11), sys.version' || {
-    echo "gpu_check: $PY needs to be CPython 3.11 with torch (the bundle's wheels are cp311)" >&2
+for file in requirements.txt python-version; do
+    [ -f "$BUNDLE/$file" ] || {
+        echo "gpu_check: no $BUNDLE/$file: run \`make gpu-bundle\` on a machine with internet" >&2
+        exit 2; }
+done
+WANT=$(cat "$BUNDLE/python-version")
+HAVE=$("$PY" -c 'import sys, torch; print("%d.%d" % sys.version_info[:2])') || {
+    echo "gpu_check: $PY cannot import torch" >&2; exit 2; }
+[ "$HAVE" = "$WANT" ] || {
+    echo "gpu_check: $PY is Python $HAVE, the bundle's wheels are for $WANT:" \
+        "make gpu-bundle GPU_PYTHON=$HAVE" >&2
     exit 2; }
-stage "installing the bundle" "$PY" -m pip install --quiet --no-index --no-deps \
-    --target "$WORK/site" "${wheels[@]}"
+# what this environment lacks, or holds outside the ranges: pip's own answer, installing nothing
+stage "resolving the requirements" "$PY" -m pip install --dry-run --quiet --no-index \
+    --find-links "$BUNDLE" --report "$WORK/plan.json" -r "$BUNDLE/requirements.txt"
+mapfile -t WHEELS < <("$PY" - "$WORK/plan.json" <<'PYTHON'
+import json
+import sys
+from urllib.parse import unquote, urlparse
+
+for item in json.load(open(sys.argv[1]))["install"]:
+    print(unquote(urlparse(item["download_info"]["url"]).path))
+PYTHON
+)
+if [ ${#WHEELS[@]} -gt 0 ]; then
+    echo "gpu_check: installing ${#WHEELS[@]} wheels: ${WHEELS[*]##*/}" >&2
+    stage "installing the bundle" "$PY" -m pip install --quiet --no-index --no-deps \
+        --target "$WORK/site" "${WHEELS[@]}"
+fi
 export PYTHONPATH=$WORK/site:$REPO
 
 cd "$REPO"
@@ -98,7 +138,8 @@ stage "training" sh -c 'log=$1; shift; exec "$@" > "$log" 2>&1' sh "$WORK/train.
     --eval_every "$STEPS" --eval_steps 2 --checkpoint_every "$STEPS" --log_every 10 \
     "${EXTRA[@]}"
 
-stage "export and logits comparison" "$PY" - "$WORK" "$CONFIG" "$DS" "$START" <<'PYTHON'
+stage "export and logits comparison" "$PY" - "$WORK" "$CONFIG" "$DS" "$START" \
+    "${WHEELS[@]##*/}" <<'PYTHON'
 import contextlib
 import csv
 import json
@@ -115,6 +156,7 @@ from pretrain.model import ModelConfig
 from pretrain.training.engine import consolidated_state_dict
 
 work, config, ds, start = Path(sys.argv[1]), sys.argv[2], sys.argv[3], float(sys.argv[4])
+installed = sys.argv[5:]  # the bundle's wheels this machine lacked
 ckpt = work / "ckpt"
 with open(ckpt / "metrics.csv", newline="") as stream:
     rows = [r for r in csv.DictReader(stream) if r["split"] == "train"]
@@ -151,6 +193,7 @@ print(json.dumps({
     "peak_memory_gib": float(peak[1]) if peak else None,
     "compile_s": round(sum(float(r["compile_s"]) for r in rows if r.get("compile_s")), 1),
     "loss_first": float(rows[0]["loss"]), "loss_last": float(rows[-1]["loss"]),
-    "export_bf16_logits_max_abs_diff": diff,
+    "export_bf16_logits_max_abs_diff": diff, "torch": torch.__version__,
+    "installed_from_bundle": installed,
     "wall_s": round(time.time() - start, 1)}))
 PYTHON
