@@ -15,8 +15,10 @@
 # (pretrain.export) and compares the logits of the export loaded by transformers in bf16 with
 # the training model's (pretrain.model.CausalLM, bf16) on a validation batch. Prints one JSON
 # line: tokens/s and MFU (steps 2-N: step 1 includes compiling, reported as compile_s), peak
-# GPU memory, compile seconds, first and last training loss, the logits' max |difference|, and
-# which wheels it installed.
+# GPU memory, compile seconds (or why compiling failed), first and last training loss, the
+# logits' max |difference|, torch's version and which wheels it installed.
+# Before any work it stops (exit 2) with the reason when an argument is bad, the bundle is for
+# another Python, or --device cuda finds no CUDA device.
 # Everything it writes (wheels, tokens, checkpoint, torch.compile/Triton caches, DeepSpeed
 # extensions, bytecode) lies in one temporary directory, removed on exit, also on failure.
 # Budget: 8 minutes in all (--budget, default 470 s): each stage runs under `timeout` with what
@@ -27,13 +29,17 @@
 #                      configs/deepspeed/zero2.json, eager, fp32 (the CPU accelerator's "auto"),
 #                      a 3,000-token vocabulary, 3 steps: this script's test without a GPU
 #   --steps N          training steps (default 30 on cuda, 3 on cpu)
+#   --compile, --no-compile
+#                      torch.compile or eager (default: compile on cuda, eager on cpu); when
+#                      training with compile fails (not for want of time), it trains again
+#                      eager in the time left, and the JSON line says why (compile_error)
 #   --budget S         seconds for the whole check (default 470)
 #   --python PY        the interpreter with torch (default python3)
 #   --bundle DIR       the wheel directory (default build/gpu-bundle)
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-DEVICE=cuda STEPS="" BUDGET=470 PY=python3 BUNDLE=$REPO/build/gpu-bundle
+DEVICE=cuda STEPS="" BUDGET=470 PY=python3 BUNDLE=$REPO/build/gpu-bundle COMPILE=""
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
     case $1 in
@@ -42,6 +48,8 @@ while [ $# -gt 0 ]; do
         --budget) BUDGET=${2:-} ;;
         --python) PY=${2:-} ;;
         --bundle) BUNDLE=${2:-} ;;
+        --compile) COMPILE=1; shift; continue ;;
+        --no-compile) COMPILE=0; shift; continue ;;
         -h|--help) usage; exit 0 ;;
         *) echo "gpu_check: unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -50,9 +58,9 @@ while [ $# -gt 0 ]; do
 done
 case $DEVICE in
     cuda) CONFIG=configs/pretrain/125m.yaml DS=configs/deepspeed/gpu/zero2.json VOCAB=32000
-          EXTRA=(--compile) STEPS=${STEPS:-30} ;;
+          EXTRA=() STEPS=${STEPS:-30} COMPILE=${COMPILE:-1} ;;
     cpu) CONFIG=configs/pretrain/tiny.yaml DS=configs/deepspeed/zero2.json VOCAB=3000
-         EXTRA=(--no-compile --micro_batch_size 4 --grad_accum 2) STEPS=${STEPS:-3}
+         EXTRA=(--micro_batch_size 4 --grad_accum 2) STEPS=${STEPS:-3} COMPILE=${COMPILE:-0}
          export DS_ACCELERATOR=cpu OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} ;;
     *) echo "gpu_check: --device: '$DEVICE' is not cuda or cpu" >&2; exit 2 ;;
 esac
@@ -63,25 +71,28 @@ done
 START=$(date +%s)
 DEADLINE=$((START + BUDGET))
 
-# stage NAME COMMAND...: COMMAND under the time left; on failure say which stage, and exit
-stage() {
+# try_stage NAME COMMAND...: COMMAND under the time left; on failure say which stage, and
+# return its exit status (124: out of time)
+try_stage() {
     local name=$1 left code=0
     shift
     left=$((DEADLINE - $(date +%s)))
     if [ "$left" -le 0 ]; then
         echo "gpu_check: out of time before: $name" >&2
-        exit 124
+        return 124
     fi
     timeout "$left" "$@" || code=$?
     if [ $code -ne 0 ]; then
-        if [ "$name" = training ] && [ -f "$WORK/train.log" ]; then
+        if [[ $name == training* ]] && [ -f "$WORK/train.log" ]; then
             tail -n 40 "$WORK/train.log" >&2
         fi
         [ $code -eq 124 ] && echo "gpu_check: out of time in: $name" >&2
         echo "gpu_check: $name failed (exit $code)" >&2
-        exit $code
     fi
+    return $code
 }
+# stage NAME COMMAND...: try_stage, and exit on failure
+stage() { try_stage "$@" || exit $?; }
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")
 cleanup() { rm -rf "$WORK"; }
@@ -102,11 +113,16 @@ for file in requirements.txt python-version; do
         exit 2; }
 done
 WANT=$(cat "$BUNDLE/python-version")
-HAVE=$("$PY" -c 'import sys, torch; print("%d.%d" % sys.version_info[:2])') || {
-    echo "gpu_check: $PY cannot import torch" >&2; exit 2; }
+read -r HAVE CUDA TORCH < <("$PY" -c 'import sys, torch
+print("%d.%d" % sys.version_info[:2], int(torch.cuda.is_available()), torch.__version__)' ||
+    echo "none")
+[ "$HAVE" != none ] || { echo "gpu_check: $PY cannot import torch" >&2; exit 2; }
 [ "$HAVE" = "$WANT" ] || {
     echo "gpu_check: $PY is Python $HAVE, the bundle's wheels are for $WANT:" \
         "make gpu-bundle GPU_PYTHON=$HAVE" >&2
+    exit 2; }
+[ "$DEVICE" = cpu ] || [ "$CUDA" = 1 ] || {
+    echo "gpu_check: $PY's torch $TORCH sees no CUDA device (without one: --device cpu)" >&2
     exit 2; }
 # what this environment lacks, or holds outside the ranges: pip's own answer, installing nothing
 stage "resolving the requirements" "$PY" -m pip install --dry-run --quiet --no-index \
@@ -131,15 +147,32 @@ cd "$REPO"
 stage "synthetic tokens" "$PY" -c "from pretrain.dataset import write_synthetic_tokens as w; \
 w('$WORK/tokens', vocab_size=$VOCAB, train_tokens=1 << 22, val_tokens=1 << 18)"
 
-# the trainer's output goes to WORK/train.log; its tail is shown when training fails
-stage "training" sh -c 'log=$1; shift; exec "$@" > "$log" 2>&1' sh "$WORK/train.log" \
-    "$PY" pretrain/train.py --config "$CONFIG" --deepspeed_config "$DS" --data "$WORK/tokens" \
-    --output "$WORK/ckpt" --max_steps "$STEPS" --warmup_steps "$((STEPS / 3))" \
-    --eval_every "$STEPS" --eval_steps 2 --checkpoint_every "$STEPS" --log_every 10 \
-    "${EXTRA[@]}"
+# train COMPILE: the trainer, its output in WORK/train.log (whose tail is shown if it fails)
+train() {
+    local name=training mode=--no-compile
+    [ "$1" = 1 ] && name="training (compiled)" mode=--compile
+    rm -rf "$WORK/ckpt"
+    try_stage "$name" sh -c 'log=$1; shift; exec "$@" > "$log" 2>&1' sh "$WORK/train.log" \
+        "$PY" pretrain/train.py --config "$CONFIG" --deepspeed_config "$DS" \
+        --data "$WORK/tokens" --output "$WORK/ckpt" --max_steps "$STEPS" \
+        --warmup_steps "$((STEPS / 3))" --eval_every "$STEPS" --eval_steps 2 \
+        --checkpoint_every "$STEPS" --log_every 10 "$mode" "${EXTRA[@]}"
+}
+COMPILE_ERROR=""
+code=0
+train "$COMPILE" || code=$?
+if [ $code -ne 0 ] && [ $code -ne 124 ] && [ "$COMPILE" = 1 ]; then
+    COMPILE_ERROR=$({ grep -oE '[A-Za-z_.]+(Error|Exception): .*' "$WORK/train.log" || true; } |
+                    tail -n 1 | cut -c 1-400)
+    COMPILE_ERROR=${COMPILE_ERROR:-exit $code: $(tail -n 1 "$WORK/train.log" | cut -c 1-400)}
+    echo "gpu_check: training with torch.compile failed; training again eager" >&2
+    COMPILE=0 code=0
+    train 0 || code=$?
+fi
+[ $code -eq 0 ] || exit $code
 
-stage "export and logits comparison" "$PY" - "$WORK" "$CONFIG" "$DS" "$START" \
-    "${WHEELS[@]##*/}" <<'PYTHON'
+stage "export and logits comparison" "$PY" - "$WORK" "$CONFIG" "$DS" "$START" "$COMPILE" \
+    "$COMPILE_ERROR" "${WHEELS[@]##*/}" <<'PYTHON'
 import contextlib
 import csv
 import json
@@ -156,7 +189,8 @@ from pretrain.model import ModelConfig
 from pretrain.training.engine import consolidated_state_dict
 
 work, config, ds, start = Path(sys.argv[1]), sys.argv[2], sys.argv[3], float(sys.argv[4])
-installed = sys.argv[5:]  # the bundle's wheels this machine lacked
+compiled, compile_error = sys.argv[5] == "1", sys.argv[6] or None
+installed = sys.argv[7:]  # the bundle's wheels this machine lacked
 ckpt = work / "ckpt"
 with open(ckpt / "metrics.csv", newline="") as stream:
     rows = [r for r in csv.DictReader(stream) if r["split"] == "train"]
@@ -191,6 +225,7 @@ print(json.dumps({
     "tokens_per_s": round(mean("tokens_per_s"), 1),
     "mfu": None if mean("mfu") is None else round(mean("mfu"), 4),
     "peak_memory_gib": float(peak[1]) if peak else None,
+    "compiled": compiled, "compile_error": compile_error,
     "compile_s": round(sum(float(r["compile_s"]) for r in rows if r.get("compile_s")), 1),
     "loss_first": float(rows[0]["loss"]), "loss_last": float(rows[-1]["loss"]),
     "export_bf16_logits_max_abs_diff": diff, "torch": torch.__version__,

@@ -14,6 +14,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+import torch
 
 from .conftest import ROOT
 
@@ -98,6 +99,43 @@ def test_gpu_check_on_cpu_installs_what_the_machine_lacks_and_leaves_nothing_beh
     assert list(tmp_path.iterdir()) == []  # TMPDIR: every file it wrote was in one directory
 
 
+@pytest.mark.slow
+def test_when_compiled_training_fails_the_check_trains_eager_and_says_why(bundle, tmp_path):
+    """A C++ compiler that refuses inductor's code (as a machine without one would) fails the
+    compiled run; the check trains again eager and reports the error. This interpreter has all
+    the bundle's requirements, so nothing is installed."""
+    compiler = tmp_path / "bin" / "c++"
+    compiler.parent.mkdir()
+    compiler.write_text('#!/bin/sh\ncase "$*" in *cache/inductor*) exit 1 ;; esac\n'
+                        'exec g++ "$@"\n')
+    compiler.chmod(0o755)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    environ = os.environ | {"TMPDIR": str(scratch), "CXX": str(compiler)}
+    done = subprocess.run([*SCRIPT, "--device", "cpu", "--compile", "--python", sys.executable,
+                           "--bundle", str(bundle), "--budget", "900"], env=environ,
+                          capture_output=True, text=True, timeout=1000)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
+    assert "training with torch.compile failed; training again eager" in done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["compiled"] is False and "CppCompileError" in result["compile_error"]
+    assert result["steps"] == 3 and result["loss_first"] > result["loss_last"] > 0
+    assert result["installed_from_bundle"] == []
+    assert list(scratch.iterdir()) == []
+
+
+def test_gpu_check_on_cuda_without_a_gpu_stops_before_any_work(tmp_path):
+    (tmp_path / "requirements.txt").write_text("deepspeed\n")
+    (tmp_path / "python-version").write_text(f"{PYTHON}\n")
+    done = subprocess.run([*SCRIPT, "--python", sys.executable, "--bundle", str(tmp_path)],
+                          env=os.environ | {"TMPDIR": str(tmp_path)}, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2
+    assert f"torch {torch.__version__} sees no CUDA device" in done.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["python-version",
+                                                               "requirements.txt"]
+
+
 def test_gpu_check_refuses_a_bundle_for_another_python_before_any_work(tmp_path):
     (tmp_path / "requirements.txt").write_text("deepspeed\n")
     (tmp_path / "python-version").write_text("3.99\n")
@@ -116,14 +154,19 @@ def test_gpu_check_refuses_a_bundle_for_another_python_before_any_work(tmp_path)
     (["--steps", "0"], "--steps: '0' is not a positive whole number"),
     (["--budget"], "--budget needs a value"),
     (["--gpus", "8"], "unknown argument: --gpus"),
+    (["--python", "/nonexistent/python", "--device", "cpu"], "cannot import torch"),
 ])
-def test_gpu_check_rejects_bad_arguments_with_the_reason(arguments, message):
-    done = subprocess.run([*SCRIPT, *arguments], capture_output=True, text=True, timeout=60)
+def test_gpu_check_rejects_bad_arguments_with_the_reason(arguments, message, tmp_path):
+    (tmp_path / "requirements.txt").write_text("deepspeed\n")
+    (tmp_path / "python-version").write_text(f"{PYTHON}\n")
+    done = subprocess.run([*SCRIPT, "--bundle", str(tmp_path), *arguments], capture_output=True,
+                          text=True, timeout=60)
     assert done.returncode == 2 and message in done.stderr
 
 
 def test_gpu_check_help_lists_its_options():
     done = subprocess.run([*SCRIPT, "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0
-    for option in ("--device cuda|cpu", "--steps N", "--budget S", "--python PY", "--bundle"):
+    for option in ("--device cuda|cpu", "--steps N", "--budget S", "--python PY", "--bundle",
+                   "--no-compile"):
         assert option in done.stdout
