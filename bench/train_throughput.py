@@ -123,7 +123,7 @@ def plain_step(model: CausalLM, optimizer: torch.optim.Optimizer, grad_clip: flo
         total = 0.0
         for batch in micro_batches:
             with torch.autocast(batch.device.type, torch.bfloat16, enabled=bf16):
-                loss = model(batch, labels=batch).loss
+                loss = model(batch[:, :-1], labels=batch).loss
             (loss / len(micro_batches)).backward()
             total += loss.item()
         if grad_clip > 0:
@@ -138,7 +138,7 @@ def engine_step(engine: Any) -> Callable[[list[torch.Tensor]], float]:
     def step(micro_batches: list[torch.Tensor]) -> float:
         total = 0.0
         for batch in micro_batches:
-            loss = engine(batch, labels=batch).loss
+            loss = engine(batch[:, :-1], labels=batch).loss
             engine.backward(loss)
             engine.step()  # the update happens after the last micro-batch
             total += loss.item()

@@ -9,10 +9,12 @@ The state dict holds parameters only: RoPE's cos/sin are computed in fp32 in eac
 (cheap: seq_len x head_dim / 2), so casting the model to bf16 never rounds the frequencies.
 
 Labels follow `transformers`: `labels` is aligned with `input_ids` (usually `labels = input_ids`)
-and shifted inside, position t's logits predicting labels[:, t + 1]; -100 is ignored. With a
-`pretrain.dataset.TokenDataset` window of seq_len + 1 tokens, call `model(window, labels=window)`
-(every token but the first is a target), or `model(window[:, :-1])` and
-`next_token_loss(logits, window[:, 1:])` whose targets are already shifted.
+and shifted inside, position t's logits predicting labels[:, t + 1]; -100 is ignored. `labels`
+may also run one token past `input_ids`, so that the last position has a target too: with a
+`pretrain.dataset.TokenDataset` window of seq_len + 1 tokens, `model(window[:, :-1],
+labels=window)` reads seq_len positions and scores all seq_len of them (as training does: a
+window of max_position_embeddings + 1 tokens fits, and every matmul is seq_len long, not
+seq_len + 1). `model(window, labels=window)` gives the same loss from one position more.
 
 Generation reuses the keys and values of the positions already read (`KVCache`): pass the same
 cache to every call, first the prompt, then one new token at a time; each call's positions
@@ -394,12 +396,17 @@ class CausalLM(nn.Module):
 
     def forward(self, input_ids: Tensor, labels: Tensor | None = None,
                 cache: KVCache | None = None) -> CausalLMOutput:
-        """input_ids, labels: (batch, seq) int64; labels aligned with input_ids (not shifted).
+        """input_ids: (batch, seq) int64; labels: (batch, seq) or (batch, seq + 1), aligned with
+        input_ids (not shifted; see the module's docstring).
         cache: the keys and values of earlier positions (generation; see `KVCache`)."""
         logits = self.lm_head(self.model(input_ids, cache))
         loss = None
         if labels is not None:
-            loss = self.loss_fn(logits[:, :-1], labels[:, 1:])
+            extra = labels.shape[1] - input_ids.shape[1]
+            if labels.shape[0] != input_ids.shape[0] or extra not in (0, 1):
+                raise ValueError(f"labels of shape {tuple(labels.shape)} for input_ids of shape "
+                                 f"{tuple(input_ids.shape)}: as long, or one token longer")
+            loss = self.loss_fn(logits if extra else logits[:, :-1], labels[:, 1:])
         return CausalLMOutput(logits, loss)
 
     def num_params(self, exclude_embeddings: bool = False) -> int:

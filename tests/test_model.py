@@ -15,6 +15,7 @@ from pretrain.model import (
     next_token_loss,
     rope_cos_sin,
 )
+from pretrain.training.loop import language_modelling
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "pretrain"
 VOCAB = 96
@@ -165,6 +166,41 @@ def test_every_pretrain_config_loads(size):
         params = CausalLM(model_config).num_params()
     nominal = {"tiny": 4.5e6, "125m": 125e6, "350m": 350e6, "1b": 1.1e9}[size]
     assert 0.8 * nominal < params < 1.1 * nominal
+
+
+@pytest.mark.parametrize("size", ["tiny", "125m", "350m", "1b"])
+def test_every_pretrain_configs_training_window_goes_through_the_model(size):
+    """A TokenDataset window is seq_len + 1 tokens, and 125m/350m/1b have seq_len ==
+    max_position_embeddings: training reads seq_len of them and scores all seq_len (shapes only,
+    on the meta device)."""
+    config = load_config(CONFIGS / f"{size}.yaml")
+    seq_len = config.training.seq_len
+    with torch.device("meta"):
+        model = CausalLM(config.model_for(32000))
+        window = torch.zeros(2, seq_len + 1, dtype=torch.long)
+        inputs, labels = next(language_modelling([window]))
+        out = model(inputs, labels=labels)
+    assert out.logits.shape == (2, seq_len, 32000) and out.loss.shape == ()
+
+
+def test_labels_one_token_longer_score_every_input_position():
+    model = build()
+    window = ids(seq=65)  # max_position_embeddings + 1
+    with torch.no_grad():
+        out = model(window[:, :-1], labels=window)
+        reference = model(window[:, :-1], labels=window[:, :-1])
+        logp = torch.log_softmax(out.logits.double(), dim=-1)
+    expected = -logp.gather(-1, window[:, 1:, None]).mean()
+    assert out.loss.item() == pytest.approx(expected.item(), abs=1e-5)
+    assert out.loss.item() != pytest.approx(reference.loss.item(), abs=1e-6)  # one target more
+    shorter = ids(seq=25)
+    with torch.no_grad():
+        assert model(shorter[:, :-1], labels=shorter).loss.item() == pytest.approx(
+            model(shorter, labels=shorter).loss.item(), abs=1e-5)  # the same targets
+        with pytest.raises(ValueError, match="max_position_embeddings 64"):
+            model(window, labels=window)
+        with pytest.raises(ValueError, match="as long, or one token longer"):
+            model(window[:, :-2], labels=window)
 
 
 def _raw(size: str = "tiny") -> dict:

@@ -78,9 +78,10 @@ def batches(dataset: TokenDataset, micro_batch_size: int, device: torch.device,
 
 
 def language_modelling(tokens: Iterable[torch.Tensor]) -> Iterator[Batch]:
-    """Token windows as (inputs, labels): the model shifts the labels itself."""
+    """Token windows of seq_len + 1 as (inputs, labels): the first seq_len tokens, and the whole
+    window (pretrain.model: labels one longer than the inputs score every input position)."""
     for batch in tokens:
-        yield batch, batch
+        yield batch[:, :-1], batch
 
 
 def prefetched(items, depth: int):
@@ -135,8 +136,8 @@ def mean_loss(model: Any, data: Iterable[torch.Tensor], steps: int, device: torc
     `reduce`d (e.g. averaged over ranks)."""
     model.eval()
     total, count = torch.zeros((), dtype=torch.float64, device=device), 0
-    for _, batch in zip(range(steps), data, strict=False):
-        total += model(batch, labels=batch).loss.detach().double()  # no host sync
+    for _, (inputs, labels) in zip(range(steps), language_modelling(data), strict=False):
+        total += model(inputs, labels=labels).loss.detach().double()  # no host sync
         count += 1
     model.train()
     return reduce(total / count)
