@@ -254,7 +254,7 @@ def recorded_tokenizer(train_state: Mapping[str, Any], where: Path) -> Path:
     from pretrain.files import sha256_file
 
     manifest_path, manifest = _tokens_manifest(train_state)
-    recorded = manifest.get("tokenizer", {})
+    recorded = manifest.get("tokenizer") or {}  # null: synthetic tokens (no tokenizer)
     candidates = [Path(p) for p in (train_state.get("tokenizer"), recorded.get("path")) if p]
     for candidate in candidates:
         model_file = candidate / "tokenizer.model"

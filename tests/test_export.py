@@ -257,7 +257,12 @@ def test_export_without_a_recorded_tokenizer_fails_naming_the_flag(trained, toke
     manifest = json.loads((tokens_dir / "manifest.json").read_text())
     del manifest["tokenizer"]["path"]
     (old_tokens / "manifest.json").write_text(json.dumps(manifest))
+    synthetic = tmp_path / "synthetic-tokens"  # write_synthetic_tokens: "tokenizer": null
+    synthetic.mkdir()
+    (synthetic / "manifest.json").write_text(json.dumps(manifest | {"tokenizer": None}))
     cases = {"recorded no tokenizer": {"tokenizer": None, "tokens": str(old_tokens)},
+             "no tokenizer path in the token manifest": {"tokenizer": None,
+                                                         "tokens": str(synthetic)},
              "holds no tokenizer.model": {"tokenizer": str(tmp_path / "gone"),
                                           "tokens": str(old_tokens)},
              "sha256 differs": {"tokenizer": str(tok_dir)}}  # another tokenizer
