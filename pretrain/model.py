@@ -3,8 +3,9 @@
 Module names equal `transformers`' LlamaForCausalLM (`model.embed_tokens`,
 `model.layers.{i}.self_attn.{q,k,v,o}_proj`, `model.layers.{i}.mlp.{gate,up,down}_proj`,
 `model.layers.{i}.{input,post_attention}_layernorm`, `model.norm`, `lm_head`), and so does the
-arithmetic (RMSNorm in fp32, `rotate_half` RoPE with inv_freq = 1 / theta^(2i/d), kv heads
-repeated for GQA), so `state_dict()` *is* a LlamaForCausalLM checkpoint (see `pretrain.export`).
+arithmetic (RMSNorm in fp32, `rotate_half` RoPE with inv_freq = 1 / theta^(2i/d), GQA's query
+head h reading kv head h // group), so `state_dict()` *is* a LlamaForCausalLM checkpoint (see
+`pretrain.export`).
 The state dict holds parameters only: RoPE's cos/sin are computed in fp32 in each forward
 (cheap: seq_len x head_dim / 2), so casting the model to bf16 never rounds the frequencies.
 
@@ -259,14 +260,15 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(k, v)
-        if self.kv_heads != self.heads:  # GQA: query head h reads kv head h // group
-            group = self.heads // self.kv_heads
-            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        # GQA: query head h reads kv head h // (heads // kv_heads), inside the kernel (K and V
+        # are not repeated in memory; the math backend, used with a mask, repeats them itself)
+        gqa = self.kv_heads != self.heads
         if cache is None or (cache.start == 0 and not cache.padded):
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         else:  # new queries after cached keys (is_causal would align them to key 0), or
             # padded rows (their padding masked)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=cache.mask(seq, x.device))
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=cache.mask(seq, x.device),
+                                               enable_gqa=gqa)
         return self.o_proj(y.transpose(1, 2).reshape(batch, seq, self.heads * self.head_dim))
 
 

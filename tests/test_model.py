@@ -91,6 +91,34 @@ def test_gqa_equals_attention_with_repeated_kv_heads(kv_heads):
         assert torch.allclose(gqa(tokens).logits, mha(tokens).logits, atol=1e-5)
 
 
+def test_gqa_kv_heads_reach_attention_unrepeated_also_compiled_and_cached(monkeypatch):
+    """SDPA's enable_gqa, not K and V repeated in memory; compiled and with a KV cache the
+    logits are the eager ones."""
+    from pretrain.model import KVCache
+
+    seen = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kwargs):
+        seen.append((q.shape[1], k.shape[1], v.shape[1], kwargs.get("enable_gqa")))
+        return sdpa(q, k, v, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    model, tokens = build(num_key_value_heads=1), ids()
+    with torch.no_grad():
+        eager = model(tokens).logits
+        cache = KVCache(model.config, batch=2, capacity=24)
+        cached = torch.cat([model(tokens[:, :20], cache=cache).logits,
+                            *(model(tokens[:, t:t + 1], cache=cache).logits
+                              for t in range(20, 24))], dim=1)
+    assert set(seen) == {(4, 1, 1, True)}
+    assert torch.allclose(cached, eager, atol=1e-5)
+    monkeypatch.undo()
+    compile_layers(model)
+    with torch.no_grad():
+        assert torch.allclose(model(tokens).logits, eager, atol=1e-5)
+
+
 def test_rope_scores_depend_only_on_relative_position():
     config = tiny()
     cos, sin = rope_cos_sin(config, 40, torch.device("cpu"), torch.float32)

@@ -121,6 +121,40 @@ def test_bf16_trains_resumes_exactly_and_exports_under_every_zero_stage(
 
 
 @pytest.mark.slow
+def test_compiled_bf16_training_under_zero2_on_two_ranks_follows_eager(synthetic_tokens,
+                                                                       tmp_path):
+    """--compile under ZeRO-2, bf16, two ranks (as the 125m/350m configs train on GPUs): the
+    losses follow the eager run's within bf16's rounding, the first step's compile time is
+    logged apart (compile_s) and the checkpoint's weights keep their names."""
+    import csv
+
+    from pretrain.training.engine import consolidated_state_dict
+
+    runs = {}
+    for mode in ("--compile", "--no-compile"):
+        out = tmp_path / mode.strip("-") / "ckpt"
+        out.parent.mkdir()
+        log = launch_bf16(synthetic_tokens, out, 2, mode)
+        assert ("decoder layers and loss compiled" in log) == (mode == "--compile")
+        runs[mode] = out
+    compiled, eager = metrics(runs["--compile"]), metrics(runs["--no-compile"])
+    assert sorted(compiled) == list(range(1, BF16_STEPS + 1))
+    for step in compiled:
+        assert compiled[step] == pytest.approx(eager[step], abs=0.03), step
+    assert sum(compiled[s] for s in (10, 11, 12)) < sum(compiled[s] for s in (1, 2, 3)) - 0.9
+    with open(runs["--compile"] / "metrics.csv", newline="") as stream:
+        rows = [row for row in csv.DictReader(stream) if row["split"] == "train"]
+    # compiling for validation (eval mode) at step 6 is neither step 7's compile_s nor
+    # subtracted from its time (which gave 2e12 tokens/s)
+    assert float(rows[0]["compile_s"]) > 1 and not any(row["compile_s"] for row in rows[1:])
+    speeds = sorted(float(row["tokens_per_s"]) for row in rows)
+    assert speeds[-1] < 10 * speeds[len(speeds) // 2], speeds
+    tag = f"global_step{BF16_STEPS}"
+    weights = consolidated_state_dict(runs["--compile"], tag)
+    assert sorted(weights) == sorted(consolidated_state_dict(runs["--no-compile"], tag))
+
+
+@pytest.mark.slow
 def test_logged_loss_is_the_mean_of_the_micro_batch_losses(synthetic_tokens, tmp_path):
     """The step's loss, summed on the device and synced once per step, is what one
     .item() per micro-batch gave: the mean over the grad_accum micro-batches, here

@@ -95,6 +95,25 @@ def test_bf16_accumulates_gradients_in_fp32():
     assert "data_types" not in deepspeed_config(ZERO[1], training, 2, bf16_supported=False)
 
 
+def test_throughput_leaves_compile_time_out_and_evaluation_with_its_compiling(monkeypatch):
+    """A step's compile seconds are reported apart and left out of its tokens/s; time and
+    compiling (eval mode recompiles) between a step and `restart` count in no step."""
+    from types import SimpleNamespace
+
+    from pretrain.training import metrics
+
+    now, compiled = [100.0], [0.0]
+    monkeypatch.setattr(metrics, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    monkeypatch.setattr(metrics, "compile_seconds", lambda: compiled[0])
+    throughput = metrics.Throughput(1000, flops_per_token=6.0, peak=12000.0)
+    now[0], compiled[0] = 101.0, 0.5  # the first step: 1 s, half of it compiling
+    assert throughput.lap() == (2000.0, 1.0, 0.5)
+    now[0], compiled[0] = 105.0, 3.5  # validation: 4 s, 3 of them compiling
+    throughput.restart()
+    now[0] = 106.0
+    assert throughput.lap() == (1000.0, 0.5, 0.0)
+
+
 def test_peak_flops_table_tells_the_h100_variants_apart():
     names = {  # torch.cuda.get_device_name() -> (bf16, fp32 via TF32)
         "NVIDIA H100 80GB HBM3": (989e12, 494e12),  # SXM

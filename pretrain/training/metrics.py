@@ -69,8 +69,9 @@ class Throughput:
         self.clock, self.compiled = time.perf_counter(), compile_seconds()
 
     def restart(self) -> None:
-        """Time spent since (evaluation, a checkpoint) is not training throughput."""
-        self.clock = time.perf_counter()
+        """Time spent since (evaluation, a checkpoint) is not training throughput, nor is
+        compiling meanwhile (eval mode recompiles the layers): neither counts in the next lap."""
+        self.clock, self.compiled = time.perf_counter(), compile_seconds()
 
     def lap(self) -> tuple[float, float | None, float]:
         """(tokens/s, MFU or None without a peak, torch.compile seconds) of the step."""
