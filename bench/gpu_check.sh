@@ -28,6 +28,8 @@
 #   --device cuda|cpu  cuda (default) as above; cpu: configs/pretrain/tiny.yaml with
 #                      configs/deepspeed/zero2.json, eager, fp32 (the CPU accelerator's "auto"),
 #                      a 3,000-token vocabulary, 3 steps: this script's test without a GPU
+#   --config YAML      the model and training config (default configs/pretrain/125m.yaml on
+#                      cuda, tiny.yaml on cpu); e.g. configs/pretrain/350m.yaml
 #   --steps N          training steps (default 30 on cuda, 3 on cpu)
 #   --compile, --no-compile
 #                      torch.compile or eager (default: compile on cuda, eager on cpu); when
@@ -39,11 +41,12 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-DEVICE=cuda STEPS="" BUDGET=470 PY=python3 BUNDLE=$REPO/build/gpu-bundle COMPILE=""
+DEVICE=cuda CONFIG="" STEPS="" BUDGET=470 PY=python3 BUNDLE=$REPO/build/gpu-bundle COMPILE=""
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
     case $1 in
         --device) DEVICE=${2:-} ;;
+        --config) CONFIG=${2:-} ;;
         --steps) STEPS=${2:-} ;;
         --budget) BUDGET=${2:-} ;;
         --python) PY=${2:-} ;;
@@ -57,13 +60,18 @@ while [ $# -gt 0 ]; do
     shift 2
 done
 case $DEVICE in
-    cuda) CONFIG=configs/pretrain/125m.yaml DS=configs/deepspeed/gpu/zero2.json VOCAB=32000
-          EXTRA=() STEPS=${STEPS:-30} COMPILE=${COMPILE:-1} ;;
-    cpu) CONFIG=configs/pretrain/tiny.yaml DS=configs/deepspeed/zero2.json VOCAB=3000
+    cuda) CONFIG=${CONFIG:-configs/pretrain/125m.yaml} DS=configs/deepspeed/gpu/zero2.json
+          VOCAB=32000 EXTRA=() STEPS=${STEPS:-30} COMPILE=${COMPILE:-1} ;;
+    cpu) CONFIG=${CONFIG:-configs/pretrain/tiny.yaml} DS=configs/deepspeed/zero2.json VOCAB=3000
          EXTRA=(--micro_batch_size 4 --grad_accum 2) STEPS=${STEPS:-3} COMPILE=${COMPILE:-0}
          export DS_ACCELERATOR=cpu OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} ;;
     *) echo "gpu_check: --device: '$DEVICE' is not cuda or cpu" >&2; exit 2 ;;
 esac
+# a path from here or from the repository; shown relative to the repository when inside it
+for path in "$CONFIG" "$REPO/$CONFIG" ""; do
+    [ -n "$path" ] || { echo "gpu_check: --config: no file $CONFIG" >&2; exit 2; }
+    [ -f "$path" ] && { CONFIG=$(realpath --relative-base="$REPO" "$path"); break; }
+done
 for value in "--steps $STEPS" "--budget $BUDGET"; do
     [[ ${value#* } =~ ^[1-9][0-9]*$ ]] || {
         echo "gpu_check: ${value% *}: '${value#* }' is not a positive whole number" >&2; exit 2; }

@@ -152,6 +152,7 @@ def test_gpu_check_refuses_a_bundle_for_another_python_before_any_work(tmp_path)
 @pytest.mark.parametrize(("arguments", "message"), [
     (["--device", "tpu"], "--device: 'tpu' is not cuda or cpu"),
     (["--steps", "0"], "--steps: '0' is not a positive whole number"),
+    (["--config", "nope.yaml"], "--config: no file nope.yaml"),
     (["--budget"], "--budget needs a value"),
     (["--gpus", "8"], "unknown argument: --gpus"),
     (["--python", "/nonexistent/python", "--device", "cpu"], "cannot import torch"),
@@ -167,6 +168,6 @@ def test_gpu_check_rejects_bad_arguments_with_the_reason(arguments, message, tmp
 def test_gpu_check_help_lists_its_options():
     done = subprocess.run([*SCRIPT, "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0
-    for option in ("--device cuda|cpu", "--steps N", "--budget S", "--python PY", "--bundle",
-                   "--no-compile"):
+    for option in ("--device cuda|cpu", "--config YAML", "--steps N", "--budget S",
+                   "--python PY", "--bundle", "--no-compile"):
         assert option in done.stdout
