@@ -149,9 +149,14 @@ def test_debug_shows_the_traceback(tmp_path):
 def test_ctrl_c_says_how_to_resume(tmp_path):
     out = tmp_path / "run"
     first = refine(*run_args(out), wait=False)
-    wait_for(lambda: (out / LEASE).exists() or first.poll() is not None, 120, "the lease")
-    time.sleep(3)
-    children = psutil.Process(first.pid).children(recursive=True)  # workers, extraction
+    driver = psutil.Process(first.pid)
+
+    def refining() -> bool:  # a worker and its extraction child at work (a local run: ~5 s)
+        return (out / LEASE).exists() and len(driver.children(recursive=True)) >= 2
+
+    wait_for(lambda: refining() or first.poll() is not None, 120, "the workers")
+    time.sleep(0.5)
+    children = driver.children(recursive=True)  # workers, extraction
     first.send_signal(signal.SIGINT)
     _, stderr = first.communicate(timeout=120)
     if first.returncode == 0:
