@@ -24,6 +24,7 @@ from importlib import metadata
 from pathlib import Path
 
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name as canonical
 
 ROOT = Path(__file__).resolve().parents[1]
 # what pretrain.train, pretrain.export and the logits comparison import, besides torch
@@ -31,10 +32,6 @@ REQUIREMENTS = ("deepspeed", "pydantic", "pyyaml", "numpy", "safetensors", "tran
 ON_THE_MACHINE = ("torch", "numpy")  # with their own dependencies
 PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_27_x86_64",
              "manylinux_2_28_x86_64")
-
-
-def canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def marker_environment(python: str) -> dict[str, str]:

@@ -56,7 +56,7 @@ from pretrain.training.engine import (
     deepspeed_config,
     init_distributed,
 )
-from pretrain.training.loop import param_groups, seed_everything
+from pretrain.training.loop import language_modelling, param_groups, seed_everything
 from pretrain.training.metrics import peak_flops
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,9 +121,9 @@ def plain_step(model: CausalLM, optimizer: torch.optim.Optimizer, grad_clip: flo
                bf16: bool) -> Callable[[list[torch.Tensor]], float]:
     def step(micro_batches: list[torch.Tensor]) -> float:
         total = 0.0
-        for batch in micro_batches:
-            with torch.autocast(batch.device.type, torch.bfloat16, enabled=bf16):
-                loss = model(batch[:, :-1], labels=batch).loss
+        for inputs, labels in language_modelling(micro_batches):
+            with torch.autocast(inputs.device.type, torch.bfloat16, enabled=bf16):
+                loss = model(inputs, labels=labels).loss
             (loss / len(micro_batches)).backward()
             total += loss.item()
         if grad_clip > 0:
@@ -137,8 +137,8 @@ def plain_step(model: CausalLM, optimizer: torch.optim.Optimizer, grad_clip: flo
 def engine_step(engine: Any) -> Callable[[list[torch.Tensor]], float]:
     def step(micro_batches: list[torch.Tensor]) -> float:
         total = 0.0
-        for batch in micro_batches:
-            loss = engine(batch[:, :-1], labels=batch).loss
+        for inputs, labels in language_modelling(micro_batches):
+            loss = engine(inputs, labels=labels).loss
             engine.backward(loss)
             engine.step()  # the update happens after the last micro-batch
             total += loss.item()

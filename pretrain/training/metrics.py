@@ -66,7 +66,7 @@ class Throughput:
                  peak: float | None = None):
         self.tokens_per_step, self.flops_per_token, self.peak = (tokens_per_step,
                                                                  flops_per_token, peak)
-        self.clock, self.compiled = time.perf_counter(), compile_seconds()
+        self.restart()
 
     def restart(self) -> None:
         """Time spent since (evaluation, a checkpoint) is not training throughput, nor is
